@@ -1,0 +1,145 @@
+"""Model shapes and the structure a nominal sparsity maps to: the one rule both time and accuracy use.
+
+Structured pruning removes whole KV groups (a KV head with the query heads that share it; plain
+multi-head attention is the case of one query head per group) and MLP channels, in every decoder
+layer by the same ratio; the hidden size stays. Because the kept *counts* depend only on the nominal
+sparsity, the timing layer can cost a device's round from its plan before any training runs, and
+the trainer prunes to exactly the counts the cost model assumed (the trainer chooses *which* groups
+and channels by importance; the cost depends only on how many).
+
+Uniform per-layer ratios follow LLM-Pruner's block-wise setting and LoRAPrune's per-layer pruning.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The shapes of a LLaMA-style decoder that cost, memory and payload depend on."""
+
+    n_layers: int
+    d_model: int
+    n_heads: int  # query heads
+    n_kv_heads: int  # KV heads (== n_heads without grouped-query attention)
+    head_dim: int
+    d_ff: int  # MLP intermediate channels (SwiGLU: gate, up, down)
+    vocab_size: int
+    tied_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per KV group."""
+        return self.n_heads // self.n_kv_heads
+
+    def attn_params_per_group(self) -> int:
+        """Weights of q, k, v rows and o columns that one KV group owns."""
+        q = self.group_size * self.head_dim * self.d_model
+        kv = 2 * self.head_dim * self.d_model
+        o = self.group_size * self.head_dim * self.d_model
+        return q + kv + o
+
+    def mlp_params_per_channel(self) -> int:
+        """Weights of the gate and up rows and the down column of one MLP channel."""
+        return 3 * self.d_model
+
+    def prunable_params(self) -> int:
+        """Parameters in prunable structures (all KV groups and all MLP channels, all layers)."""
+        per_layer = self.n_kv_heads * self.attn_params_per_group() + self.d_ff * self.mlp_params_per_channel()
+        return self.n_layers * per_layer
+
+    def total_params(self) -> int:
+        """All base-model parameters (embeddings counted once when tied, RMSNorm gains included)."""
+        emb = self.vocab_size * self.d_model * (1 if self.tied_embeddings else 2)
+        norms = (2 * self.n_layers + 1) * self.d_model
+        return emb + norms + self.prunable_params()
+
+
+@dataclass(frozen=True)
+class Structure:
+    """Kept counts per decoder layer (the same in every layer)."""
+
+    kv_groups: int
+    channels: int
+
+    def heads(self, shape: ModelShape) -> int:
+        return self.kv_groups * shape.group_size
+
+
+def full_structure(shape: ModelShape) -> Structure:
+    return Structure(kv_groups=shape.n_kv_heads, channels=shape.d_ff)
+
+
+def structure_at(shape: ModelShape, sparsity: float) -> Structure:
+    """Kept KV groups and MLP channels at a nominal sparsity in [0, 1).
+
+    Each layer removes ``round(s * n_kv_heads)`` KV groups and ``round(s * d_ff)`` channels, keeping at
+    least one of each (a layer with no attention or no MLP is not a pruned model, it is a different
+    architecture).
+    """
+    if not (0.0 <= sparsity < 1.0) or math.isnan(sparsity):
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+    groups = shape.n_kv_heads - int(round(sparsity * shape.n_kv_heads + 1e-9))
+    channels = shape.d_ff - int(round(sparsity * shape.d_ff + 1e-9))
+    return Structure(kv_groups=max(1, groups), channels=max(1, channels))
+
+
+def sparsity_of(shape: ModelShape, structure: Structure) -> float:
+    """Measured sparsity: the share of prunable parameters a structure has removed."""
+    removed = shape.n_layers * (
+        (shape.n_kv_heads - structure.kv_groups) * shape.attn_params_per_group()
+        + (shape.d_ff - structure.channels) * shape.mlp_params_per_channel()
+    )
+    return removed / shape.prunable_params()
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A run of local iterations at one nominal sparsity; a pruning step follows it when ``prune_after``."""
+
+    iters: int
+    sparsity: float
+    prune_after: bool
+
+
+def next_sparsity(sparsity_before: float, p: float, s_star: float) -> float:
+    """The nominal sparsity after a round with pruning increment ``p``, capped at the target ``s_star``."""
+    return min(sparsity_before + max(0.0, p), s_star) if sparsity_before < s_star else sparsity_before
+
+
+def round_schedule(sparsity_before: float, sparsity_after: float, local_iters: int, tau: int) -> list[Stage]:
+    """The iterative prune -> tune schedule inside one round.
+
+    The round runs ``local_iters`` LoRA iterations; a pruning step follows every ``tau`` of them
+    (FedSpine's pruning interval). The increment ``sparsity_after - sparsity_before`` is spread evenly
+    over those pruning steps. With ``local_iters < tau`` one pruning step ends the round. When the
+    round prunes nothing (increment 0) it is one plain tuning stage.
+    """
+    if local_iters < 1 or tau < 1:
+        raise ValueError(f"local_iters and tau must be >= 1, got {local_iters}, {tau}")
+    delta = sparsity_after - sparsity_before
+    if delta <= 0:
+        return [Stage(iters=local_iters, sparsity=sparsity_before, prune_after=False)]
+    n_prunes = max(1, local_iters // tau)
+    stages: list[Stage] = []
+    done = 0
+    for j in range(n_prunes):
+        iters = tau if j < n_prunes - 1 else local_iters - done
+        if n_prunes == 1:
+            iters = local_iters
+        s = sparsity_before + delta * j / n_prunes
+        stages.append(Stage(iters=iters, sparsity=s, prune_after=True))
+        done += iters
+    return stages
+
+
+def stage_targets(sparsity_before: float, sparsity_after: float, n_prunes: int) -> list[float]:
+    """Nominal sparsity after each of ``n_prunes`` evenly spread pruning steps."""
+    delta = sparsity_after - sparsity_before
+    return [sparsity_before + delta * (j + 1) / n_prunes for j in range(n_prunes)]
