@@ -24,6 +24,23 @@ class TraceError(ValueError):
     """A trace is malformed. The message names the file, the device and the field."""
 
 
+def wrap_time(t: float, period_s: float) -> tuple[int, float]:
+    """Split ``t`` into whole periods ``k`` and a phase ``u`` with ``0 <= u < period_s``.
+
+    ``t - floor(t / period) * period`` can land a rounding error outside ``[0, period)`` when
+    ``t`` is within an ulp of a period boundary; both the scalar and the packed replay clamp the
+    same way so that they agree bit for bit.
+    """
+    k = math.floor(t / period_s)
+    u = t - k * period_s
+    if u < 0.0:
+        u = 0.0
+    elif u >= period_s:
+        k += 1
+        u = 0.0
+    return k, u
+
+
 @dataclass(frozen=True, eq=False)
 class Series:
     """A piecewise-constant rate: ``values[i]`` holds on ``[times_s[i], times_s[i+1])``.
@@ -69,6 +86,15 @@ class Series:
         period_s = float(period_s)
         if not (math.isfinite(period_s) and period_s > t[-1]):
             raise TraceError(f"{where}: period {period_s!r} must be finite and after the last time {t[-1]!r}")
+        return cls._build(t, v, period_s)
+
+    @classmethod
+    def _build(cls, t: np.ndarray, v: np.ndarray, period_s: float) -> "Series":
+        """Precompute the cumulative sums of already-validated float arrays.
+
+        The bulk loader (:mod:`simfed.timing.tracefile`) validates all devices' rows at once with
+        numpy and then calls this directly, skipping :meth:`make`'s per-series checks.
+        """
         durations = np.diff(np.append(t, period_s))
         cum = np.concatenate([[0.0], np.cumsum(v * durations)])
         return cls(t, v, period_s, cum.tolist(), t.tolist(), v.tolist())
@@ -85,16 +111,14 @@ class Series:
         return self._cum[-1] / self.period_s
 
     def rate_at(self, t: float) -> float:
-        k = math.floor(t / self.period_s)
-        u = t - k * self.period_s
+        _, u = wrap_time(t, self.period_s)
         return self._vals[bisect.bisect_right(self._times, u) - 1]
 
     def cumulative(self, t: float) -> float:
         """Amount done from time 0 to ``t`` (cycling past the period)."""
         if t <= 0:
             return 0.0
-        k = math.floor(t / self.period_s)
-        u = t - k * self.period_s
+        k, u = wrap_time(t, self.period_s)
         i = bisect.bisect_right(self._times, u) - 1
         return k * self._cum[-1] + self._cum[i] + self._vals[i] * (u - self._times[i])
 
@@ -114,6 +138,8 @@ class Series:
         rem = target - k * total
         if rem <= 0.0:  # lands exactly on a period boundary: the earliest such time
             k -= 1
+            rem = total
+        elif rem > total:  # float round-off past the period's total (would divide by a zero rate)
             rem = total
         j = bisect.bisect_left(self._cum, rem)
         i = j - 1
@@ -161,8 +187,7 @@ class Availability:
         return math.isinf(self.period_s)
 
     def _locate(self, t: float) -> tuple[int, float, int]:
-        k = math.floor(t / self.period_s)
-        u = t - k * self.period_s
+        k, u = wrap_time(t, self.period_s)
         return k, u, bisect.bisect_right(self.starts, u) - 1
 
     def is_online(self, t: float) -> bool:

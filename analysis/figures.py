@@ -1,0 +1,283 @@
+"""The study's figures, one stateless function each: DataFrames in, a matplotlib Figure out.
+
+Each function takes the tables of :func:`analysis.load.load_runs` (columns as documented in
+``docs/experiments.md``) and returns a :class:`matplotlib.figure.Figure`, or ``None`` when the data
+cannot support the figure (e.g. regret without an oracle run); :func:`save` writes PNG and PDF.
+The figures are those of FedSpine's evaluation (arXiv 2501.02438): accuracy against simulated time,
+speed-up over the baselines, final accuracy at the target sparsity, waiting time, and what the
+bandit chose; plus a Gantt timeline and the round-duration CDF that timing studies use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are files; never open a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from scipy import stats  # noqa: E402
+
+PHASE_COLOURS = {"download": "tab:blue", "compute": "tab:orange", "upload": "tab:green"}
+
+
+def _methods(df: pd.DataFrame) -> list[str]:
+    return sorted(df["method"].dropna().unique().tolist()) if len(df) and "method" in df else []
+
+
+def _colour(methods: list[str]) -> dict[str, str]:
+    cmap = plt.get_cmap("tab10")
+    return {m: cmap(i % 10) for i, m in enumerate(methods)}
+
+
+def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Mean and the half-width of its Student-t confidence interval (0 for a single value)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return float("nan"), float("nan")
+    if v.size == 1:
+        return float(v[0]), 0.0
+    half = stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
+    return float(v.mean()), float(half)
+
+
+def accuracy_vs_time(rounds: pd.DataFrame) -> Figure | None:
+    """Global accuracy against simulated time, one line per method (thin lines: seeds)."""
+    ev = rounds[rounds["evaluated"].astype(bool)] if len(rounds) else rounds
+    ev = ev[np.isfinite(ev["accuracy"].astype(float))] if len(ev) else ev
+    if not len(ev):
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colours = _colour(_methods(ev))
+    for method, g in ev.groupby("method"):
+        for i, (seed, gs) in enumerate(g.groupby("seed")):
+            gs = gs.sort_values("end_s")
+            ax.plot(gs["end_s"] / 3600, gs["accuracy"], color=colours[method], marker=".",
+                    alpha=0.9 if i == 0 else 0.4, label=method if i == 0 else None)
+    ax.set_xlabel("simulated time (h)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Accuracy vs simulated time")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def speedup_table(summaries: pd.DataFrame, baseline: str = "hetlora") -> tuple[pd.DataFrame, str]:
+    """Per method: speed-up over ``baseline`` (mean, CI half-width over seeds) and the metric used.
+
+    Speed-up is baseline time / method time for the same seed. The time is ``time_to_target_s``
+    when every run reached the target, else ``simulated_time_s`` (same number of rounds).
+    """
+    if not len(summaries) or baseline not in set(summaries["method"]):
+        return pd.DataFrame(), ""
+    metric = "time_to_target_s"
+    if metric not in summaries or summaries[metric].isna().any():
+        metric = "simulated_time_s"
+    base = summaries[summaries["method"] == baseline].set_index("seed")[metric]
+    rows = []
+    for method, g in summaries.groupby("method"):
+        ratios = [base[s] / t for s, t in zip(g["seed"], g[metric]) if s in base.index and t and t > 0]
+        mean, half = mean_ci(np.array(ratios))
+        rows.append({"method": method, "speedup": mean, "ci": half, "n": len(ratios)})
+    return pd.DataFrame(rows), metric
+
+
+def speedup_bars(summaries: pd.DataFrame, baseline: str = "hetlora") -> Figure | None:
+    """Speed-up of each method over the baseline, with 95% confidence intervals over seeds."""
+    tab, metric = speedup_table(summaries, baseline)
+    if not len(tab):
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colours = _colour(tab["method"].tolist())
+    ax.bar(tab["method"], tab["speedup"], yerr=tab["ci"], capsize=4, color=[colours[m] for m in tab["method"]])
+    ax.axhline(1.0, color="k", lw=0.8)
+    what = "time to target accuracy" if metric == "time_to_target_s" else "simulated time of the run"
+    ax.set_ylabel(f"speed-up over {baseline}\n({what})")
+    ax.set_title("Speed-up (95% CI over seeds)")
+    ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_sparsity(summaries: pd.DataFrame) -> Figure | None:
+    """Final accuracy (after every device is at s*) against the final sparsity, per method."""
+    if not len(summaries) or summaries["final_accuracy"].isna().all():
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colours = _colour(_methods(summaries))
+    for method, g in summaries.groupby("method"):
+        acc, acc_ci = mean_ci(g["final_accuracy"].to_numpy(dtype=float))
+        sp = float(np.nanmean(g["final_sparsity"].to_numpy(dtype=float)))
+        ax.errorbar([sp], [acc], yerr=[acc_ci], fmt="o", capsize=4, color=colours[method], label=method)
+    ax.set_xlabel("final sparsity")
+    ax.set_ylabel("final accuracy")
+    ax.set_title("Final accuracy at the target sparsity")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def waiting_time(rounds: pd.DataFrame) -> Figure | None:
+    """Mean waiting time of the devices that reported, per round, per method (mean over seeds)."""
+    if not len(rounds):
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colours = _colour(_methods(rounds))
+    for method, g in rounds.groupby("method"):
+        m = g.groupby("round")["mean_wait_s"].mean()
+        ax.plot(m.index, m.values, color=colours[method], label=method)
+    ax.set_xlabel("round")
+    ax.set_ylabel("mean waiting time (s)")
+    ax.set_title("Waiting time per round")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def chosen_arms(device_rounds: pd.DataFrame, method: str | None = None) -> Figure | None:
+    """Mean chosen pruning increment p and rank r per device type over rounds, for one method."""
+    if not len(device_rounds):
+        return None
+    methods = _methods(device_rounds)
+    method = method or ("fedspine" if "fedspine" in methods else methods[0])
+    g = device_rounds[device_rounds["method"] == method]
+    if not len(g):
+        return None
+    fig, (ax_p, ax_r) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
+    for dtype, gt in g.groupby("device_type"):
+        per_round = gt.groupby("round")[["p", "r"]].mean()
+        ax_p.plot(per_round.index, per_round["p"], label=dtype)
+        ax_r.plot(per_round.index, per_round["r"], label=dtype)
+    ax_p.set_ylabel("pruning increment p")
+    ax_r.set_ylabel("LoRA rank r")
+    ax_r.set_xlabel("round")
+    ax_p.set_title(f"Chosen (p, r) per device type: {method}")
+    ax_p.legend()
+    for ax in (ax_p, ax_r):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def regret_vs_oracle(rounds: pd.DataFrame, oracle: str = "oracle") -> Figure | None:
+    """Cumulative extra simulated time over the oracle: sum over rounds of (T_round - T_round^oracle).
+
+    The oracle knows the traces and equalises completion times, so its round durations bound what a
+    policy that only observes can reach; the gap, accumulated, is the time regret (same seed).
+    """
+    if not len(rounds) or oracle not in set(rounds["method"]):
+        return None
+    ref = rounds[rounds["method"] == oracle].set_index(["seed", "round"])["duration_s"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colours = _colour(_methods(rounds))
+    for method, g in rounds.groupby("method"):
+        if method == oracle:
+            continue
+        curves = []
+        for seed, gs in g.groupby("seed"):
+            gs = gs.sort_values("round")
+            keys = [(seed, r) for r in gs["round"]]
+            if not all(k in ref.index for k in keys):
+                continue
+            curves.append(np.cumsum(gs["duration_s"].to_numpy() - ref.loc[keys].to_numpy()))
+        if curves:
+            n = min(len(c) for c in curves)
+            mean = np.mean([c[:n] for c in curves], axis=0)
+            ax.plot(np.arange(1, n + 1), mean / 3600, color=colours[method], label=method)
+    ax.set_xlabel("round")
+    ax.set_ylabel("cumulative time regret vs oracle (h)")
+    ax.set_title("Regret against the oracle")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def gantt(device_rounds: pd.DataFrame, run: str | None = None, max_devices: int = 20,
+          max_rounds: int = 5) -> Figure | None:
+    """Timeline of device activity (download, compute, upload) for one run's first rounds."""
+    if not len(device_rounds):
+        return None
+    runs = sorted(device_rounds["run"].unique())
+    run = run or next((r for r in runs if r.startswith("fedspine")), runs[0])
+    g = device_rounds[(device_rounds["run"] == run) & (device_rounds["round"] <= device_rounds["round"].min() + max_rounds - 1)]
+    devices = sorted(g["device_id"].unique())[:max_devices]
+    g = g[g["device_id"].isin(devices)]
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(devices) + 1.5))
+    ypos = {d: i for i, d in enumerate(devices)}
+    for row in g.itertuples(index=False):
+        y = ypos[row.device_id]
+        phases = (("download", row.ready_s, row.download_end_s), ("compute", row.download_end_s, row.compute_end_s),
+                  ("upload", row.compute_end_s, row.upload_end_s))
+        for name, a, b in phases:
+            if np.isfinite(a) and np.isfinite(b) and b > a:
+                ax.barh(y, (b - a) / 60, left=a / 60, color=PHASE_COLOURS[name], height=0.7)
+        if row.outcome != "ok" and np.isfinite(row.end_s):
+            ax.plot(row.end_s / 60, y, "kx")
+    for name, c in PHASE_COLOURS.items():
+        ax.barh([], [], color=c, label=name)
+    ax.plot([], [], "kx", label="work discarded")
+    ax.set_yticks(range(len(devices)), devices, fontsize=7)
+    ax.set_xlabel("simulated time (min)")
+    ax.set_title(f"Device timeline: {run}")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def round_duration_cdf(rounds: pd.DataFrame) -> Figure | None:
+    """Empirical CDF of round durations per method (all seeds pooled)."""
+    if not len(rounds):
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colours = _colour(_methods(rounds))
+    for method, g in rounds.groupby("method"):
+        d = np.sort(g["duration_s"].to_numpy(dtype=float))
+        ax.step(d, np.arange(1, d.size + 1) / d.size, where="post", color=colours[method], label=method)
+    ax.set_xlabel("round duration (s)")
+    ax.set_ylabel("fraction of rounds")
+    ax.set_title("Round-duration CDF")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def all_figures(runs) -> dict[str, Figure | None]:
+    """Every figure for a :class:`analysis.load.Runs`; ``None`` where the runs cannot support it."""
+    return {
+        "accuracy_vs_time": accuracy_vs_time(runs.rounds),
+        "speedup": speedup_bars(runs.summaries),
+        "accuracy_vs_sparsity": accuracy_vs_sparsity(runs.summaries),
+        "waiting_time": waiting_time(runs.rounds),
+        "chosen_arms": chosen_arms(runs.device_rounds),
+        "regret_vs_oracle": regret_vs_oracle(runs.rounds),
+        "gantt": gantt(runs.device_rounds),
+        "round_duration_cdf": round_duration_cdf(runs.rounds),
+    }
+
+
+def save(fig: Figure, out_dir: str | Path, name: str, formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:
+    """Write ``fig`` as ``out_dir/name.<fmt>`` (through a temp file and ``os.replace``) and close it."""
+    import os
+    import tempfile
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = out / f"{name}.{fmt}"
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".{fmt}", dir=out)
+        os.close(fd)
+        fig.savefig(tmp, format=fmt, dpi=120)
+        os.replace(tmp, path)
+        paths.append(path)
+    plt.close(fig)
+    return paths

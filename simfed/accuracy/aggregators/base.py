@@ -1,0 +1,271 @@
+"""The interface every LoRA aggregator implements, and what they share: validation, the round-0 init,
+index bookkeeping between a device's structure and full-model coordinates, and the scale rules.
+
+FedSpine (arXiv 2501.02438) aggregates LoRA updates that differ in *rank* and in *pruned structure*
+("reconstructs the updates into compatible representations ... heterogeneity-aware weighted
+aggregation"). An aggregator holds the global adapter in full-model coordinates and
+
+- hands each device the global adapter restricted to its structure and cut to its rank
+  (:meth:`Aggregator.factors_for`, the downlink),
+- merges the devices' uploads (:meth:`Aggregator.aggregate`),
+- exposes the merged global update restricted to any structure (:meth:`Aggregator.delta_for`), which
+  is what "the global LoRA evaluated on a device's pruned model" means.
+
+Before anything is aggregated every aggregator hands out the same seeded init (PEFT's default: A
+Kaiming-uniform, B = 0), sliced to the device's rank (the first r rows of A) and structure, so all
+devices start from one global adapter whatever their rank.
+
+Scale convention: factors carry the scale they are applied with (``delta_W = scale * B @ A``); the
+downlink uses ``scale_rule(rank)`` and uploads are read with the scale they carry, so every
+aggregator works on the update a device actually applied.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Callable, ClassVar, Sequence
+
+import numpy as np
+import torch
+
+from simfed.accuracy.adapters import IN_PRUNED, MODULES, DeviceUpdate, Kept, LoRAFactors, module_dims
+from simfed.structure import ModelShape
+
+Key = tuple[int, str]
+ScaleRule = Callable[[int], float]
+
+DTYPE = torch.float32
+
+
+def rslora_scale(alpha: float) -> ScaleRule:
+    """rsLoRA's rule (Kalajdzievski 2023, arXiv 2312.03732): scale = alpha / sqrt(r)."""
+    return lambda rank: alpha / math.sqrt(rank)
+
+
+def lora_scale(alpha: float) -> ScaleRule:
+    """The original LoRA rule (Hu et al. 2021, arXiv 2106.09685): scale = alpha / r."""
+    return lambda rank: alpha / rank
+
+
+def constant_scale(value: float = 1.0) -> ScaleRule:
+    """The same scale at every rank."""
+    return lambda rank: value
+
+
+SCALE_RULES: dict[str, Callable[[float], ScaleRule]] = {
+    "rslora": rslora_scale,
+    "lora": lora_scale,
+    "constant": constant_scale,
+}
+
+
+def scale_rule(name: str, alpha: float) -> ScaleRule:
+    """A scale rule by name (``rslora``, ``lora`` or ``constant``) with its alpha."""
+    if name not in SCALE_RULES:
+        raise ValueError(f"unknown LoRA scale rule {name!r}; choose one of {sorted(SCALE_RULES)}")
+    return SCALE_RULES[name](alpha)
+
+
+def restriction(shape: ModelShape, kept: Kept, key: Key) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Full-model (row, column) indices a structure keeps of one adapted linear; ``None`` = all.
+
+    Output-pruned linears (q, k, v, gate, up) lose rows, input-pruned ones (o, down) lose columns;
+    the hidden-size side is always whole.
+    """
+    layer, module = key
+    idx = torch.as_tensor(kept.index(shape, layer, module), dtype=torch.long)
+    return (None, idx) if module in IN_PRUNED else (idx, None)
+
+
+def restrict(matrix: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor | None) -> torch.Tensor:
+    """``matrix[rows][:, cols]`` as a new tensor (``None`` keeps that side whole)."""
+    out = matrix if rows is None else matrix.index_select(0, rows)
+    out = out if cols is None else out.index_select(1, cols)
+    return out.clone() if out is matrix else out
+
+
+class Aggregator(ABC):
+    """A global LoRA adapter in full-model coordinates, merged from heterogeneous device updates.
+
+    ``shape``: the unpruned model. ``r_max``: the largest rank any device may use (the global
+    adapter's rank where the method keeps factors). ``scale_rule``: rank -> LoRA scale used on the
+    downlink. ``seed``: the round-0 init. ``modules``: the adapted linears of every layer.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        shape: ModelShape,
+        r_max: int,
+        scale_rule: ScaleRule,
+        seed: int,
+        modules: Sequence[str] = MODULES,
+    ) -> None:
+        if int(r_max) != r_max or r_max < 1:
+            raise ValueError(f"{self.name}: r_max must be a positive integer, got {r_max!r}")
+        unknown = [m for m in modules if m not in MODULES]
+        if unknown or not modules:
+            raise ValueError(f"{self.name}: modules must be a non-empty subset of {MODULES}, got {list(modules)}")
+        self.shape = shape
+        self.r_max = int(r_max)
+        self.scale_rule = scale_rule
+        self.seed = int(seed)
+        self.modules = tuple(m for m in MODULES if m in modules)
+        self.rounds = 0  # aggregations done that received at least one update
+        self.init_A = self._round0_init()
+
+    # ------------------------------------------------------------------ public interface
+    def keys(self) -> list[Key]:
+        """Every adapted (layer, module), in a fixed order."""
+        return [(layer, m) for layer in range(self.shape.n_layers) for m in self.modules]
+
+    def factors_for(self, rank: int, kept: Kept) -> LoRAFactors:
+        """The downlink: the global adapter restricted to ``kept`` and cut to ``rank``."""
+        self._check_rank(rank, "factors_for")
+        self._check_kept(kept, "factors_for")
+        scale = self._scale(rank)
+        if self.rounds == 0:
+            return self._init_factors(rank, kept, scale)
+        return self._downlink(rank, kept, scale)
+
+    def aggregate(self, updates: list[DeviceUpdate]) -> None:
+        """Merge one round's uploads into the global adapter. No uploads (every device dropped): no change."""
+        for i, update in enumerate(updates):
+            self._check_update(i, update)
+        if not updates:
+            return
+        self._aggregate(updates)
+        self.rounds += 1
+
+    @abstractmethod
+    def delta_for(self, kept: Kept) -> dict[Key, torch.Tensor]:
+        """The merged global update ``delta_W`` of every adapted linear, restricted to ``kept``."""
+
+    @abstractmethod
+    def singular_values(self) -> dict[Key, torch.Tensor]:
+        """Singular values (descending) of the full global ``delta_W`` of every adapted linear."""
+
+    # ------------------------------------------------------------------ for subclasses
+    @abstractmethod
+    def _downlink(self, rank: int, kept: Kept, scale: float) -> LoRAFactors: ...
+
+    @abstractmethod
+    def _aggregate(self, updates: list[DeviceUpdate]) -> None: ...
+
+    def _init_factors(self, rank: int, kept: Kept, scale: float) -> LoRAFactors:
+        factors = LoRAFactors(rank=rank, scale=scale)
+        for key in self.keys():
+            rows, cols = restriction(self.shape, kept, key)
+            a = self.init_A[key][:rank]
+            factors.A[key] = restrict(a, None, cols)
+            n_rows = module_dims(self.shape, key[1])[0] if rows is None else len(rows)
+            factors.B[key] = torch.zeros(n_rows, rank, dtype=DTYPE)
+        return factors
+
+    def _round0_init(self) -> dict[Key, torch.Tensor]:
+        """A ``[r_max, d_in]`` per linear, U(-1/sqrt(d_in), 1/sqrt(d_in)).
+
+        That is ``kaiming_uniform_(a=sqrt(5))``, LoRA's and PEFT's default for A. Drawn from one
+        generator in :meth:`keys` order so it depends only on the seed and the shapes.
+        """
+        gen = torch.Generator().manual_seed(self.seed)
+        out: dict[Key, torch.Tensor] = {}
+        for key in self.keys():
+            _, d_in = module_dims(self.shape, key[1])
+            bound = 1.0 / math.sqrt(d_in)
+            out[key] = (torch.rand(self.r_max, d_in, generator=gen, dtype=DTYPE) * 2.0 - 1.0) * bound
+        return out
+
+    def _scale(self, rank: int) -> float:
+        scale = float(self.scale_rule(rank))
+        if not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"{self.name}: scale_rule({rank}) = {scale!r}; a LoRA scale must be positive and finite")
+        return scale
+
+    def _check_rank(self, rank: int, where: str) -> None:
+        if int(rank) != rank or not 1 <= rank <= self.r_max:
+            raise ValueError(f"{self.name}.{where}: rank must be an integer in [1, r_max={self.r_max}], got {rank!r}")
+
+    def _check_kept(self, kept: Kept, where: str) -> None:
+        shape = self.shape
+        for field_name, per_layer, limit in (
+            ("groups", kept.groups, shape.n_kv_heads),
+            ("channels", kept.channels, shape.d_ff),
+        ):
+            if len(per_layer) != shape.n_layers:
+                raise ValueError(
+                    f"{self.name}.{where}: Kept.{field_name} has {len(per_layer)} layers, the model has {shape.n_layers}"
+                )
+            for layer, idx in enumerate(per_layer):
+                idx = np.asarray(idx)
+                if idx.ndim != 1 or idx.size == 0:
+                    raise ValueError(f"{self.name}.{where}: Kept.{field_name}[{layer}] must be a non-empty 1-D index array")
+                if idx.min() < 0 or idx.max() >= limit or np.unique(idx).size != idx.size:
+                    raise ValueError(
+                        f"{self.name}.{where}: Kept.{field_name}[{layer}] must hold distinct indices in [0, {limit}), "
+                        f"got {idx.tolist()}"
+                    )
+
+    def _check_update(self, i: int, update: DeviceUpdate) -> None:
+        where = f"aggregate(update {i})"
+        f = update.factors
+        self._check_rank(f.rank, where)
+        self._check_kept(update.kept, where)
+        if not (update.n_samples > 0):
+            raise ValueError(f"{self.name}.{where}: n_samples must be positive, got {update.n_samples!r}")
+        if not math.isfinite(f.scale) or f.scale <= 0:
+            raise ValueError(f"{self.name}.{where}: factors.scale must be positive and finite, got {f.scale!r}")
+        want = set(self.keys())
+        for name, got in (("A", set(f.A)), ("B", set(f.B))):
+            if got != want:
+                missing, extra = sorted(want - got), sorted(got - want)
+                raise ValueError(f"{self.name}.{where}: factors.{name} keys differ: missing {missing[:4]}, unexpected {extra[:4]}")
+        for key in self.keys():
+            rows, cols = restriction(self.shape, update.kept, key)
+            d_out, d_in = module_dims(self.shape, key[1])
+            want_a = (f.rank, d_in if cols is None else len(cols))
+            want_b = (d_out if rows is None else len(rows), f.rank)
+            if tuple(f.A[key].shape) != want_a or tuple(f.B[key].shape) != want_b:
+                raise ValueError(
+                    f"{self.name}.{where}: {key} has A {tuple(f.A[key].shape)} and B {tuple(f.B[key].shape)}; "
+                    f"its rank and structure need A {want_a} and B {want_b}"
+                )
+
+
+def as_float(t: torch.Tensor) -> torch.Tensor:
+    """An uploaded tensor as a detached CPU float32 tensor."""
+    return t.detach().to(device="cpu", dtype=DTYPE)
+
+
+def singular_value_energy(aggregator: Aggregator, top: int | None = None) -> dict[Key, np.ndarray]:
+    """Share of each singular component in the energy (sum of sigma^2) of every global ``delta_W``.
+
+    The rank-collapse diagnostic of raFLoRA (Wu et al., arXiv 2602.13486): when heterogeneous
+    aggregation concentrates the energy in the first few components, devices with a large rank
+    gain nothing from it. Returns the first ``top`` shares (default ``r_max``) per linear; an
+    all-zero update gives all-zero shares.
+    """
+    top = aggregator.r_max if top is None else top
+    out: dict[Key, np.ndarray] = {}
+    for key, sv in aggregator.singular_values().items():
+        energy = sv.double() ** 2
+        total = float(energy.sum())
+        shares = (energy / total).numpy() if total > 0 else np.zeros(len(energy))
+        out[key] = shares[:top]
+    return out
+
+
+def layer_energy_in_top(aggregator: Aggregator, rank: int) -> np.ndarray:
+    """Per layer: the share of the global update's energy (all adapted linears) in the top ``rank`` components.
+
+    A cheap per-layer summary of :func:`singular_value_energy` to log every round.
+    """
+    top = np.zeros(aggregator.shape.n_layers)
+    total = np.zeros(aggregator.shape.n_layers)
+    for (layer, _), sv in aggregator.singular_values().items():
+        energy = sv.double() ** 2
+        top[layer] += float(energy[:rank].sum())
+        total[layer] += float(energy.sum())
+    return np.divide(top, total, out=np.zeros_like(top), where=total > 0)

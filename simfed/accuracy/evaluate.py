@@ -1,0 +1,100 @@
+"""Next-character loss and accuracy of a device's pruned model with a merged global LoRA update.
+
+FedSpine evaluates the global LoRA applied to each device's own pruned model (arXiv 2501.02438);
+simfed does the same on each role's held-out lines (LEAF's per-client test split). The update is
+given as ``{(layer, module): ΔW}`` already restricted to the device's structure (what an
+aggregator's ``delta_for(kept)`` returns); it is added to the frozen weights for the evaluation and
+the exact original weights are restored afterwards. ``delta=None`` is the no-adapter baseline.
+
+Accuracy counts every position of non-overlapping windows (see
+:func:`simfed.accuracy.data.eval_windows`): the first characters of a window have short context,
+so the numbers are slightly below LEAF's "80 characters of context" accuracy.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from simfed.accuracy.adapters import LoRAFactors
+from simfed.accuracy.data import eval_windows
+from simfed.accuracy.lora import adapted_linears
+from simfed.accuracy.model import Model
+
+Delta = Mapping[tuple[int, str], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float  # mean next-character cross-entropy (nats)
+    accuracy: float  # share of next characters predicted exactly (argmax)
+    n_tokens: int  # targets evaluated (the weight when averaging over devices)
+
+
+def factors_delta(factors: LoRAFactors) -> dict[tuple[int, str], torch.Tensor]:
+    """A device's own factors as a delta dict (``scale · B @ A`` per adapted linear)."""
+    return {key: factors.delta(key) for key in factors.A}
+
+
+@contextmanager
+def merged(model: Model, delta: Delta | None) -> Iterator[Model]:
+    """Temporarily ``W ← W + ΔW`` on the adapted linears; the original tensors are put back after."""
+    if not delta:
+        yield model
+        return
+    linears = adapted_linears(model)
+    saved = {}
+    try:
+        with torch.no_grad():
+            for key, d in delta.items():
+                lin = linears[key]
+                if d.shape != lin.weight.shape:
+                    raise ValueError(
+                        f"update for layer {key[0]} module {key[1]!r} has shape {tuple(d.shape)}, "
+                        f"the device's pruned weight is {tuple(lin.weight.shape)}"
+                    )
+                saved[key] = lin.weight.data
+                lin.weight.data = lin.weight.data + d.to(lin.weight.dtype)
+        yield model
+    finally:
+        for key, w in saved.items():
+            linears[key].weight.data = w
+
+
+@torch.no_grad()
+def evaluate_tokens(model: Model, tokens: torch.Tensor, seq_len: int, batch_size: int = 64) -> EvalResult:
+    """Loss and accuracy of ``model`` on one encoded text."""
+    x, y = eval_windows(tokens, seq_len)
+    loss_sum, correct, n = 0.0, 0, 0
+    was_training = model.training
+    model.eval()
+    for i in range(0, len(x), batch_size):
+        logits, _ = model(x[i : i + batch_size])
+        yb = y[i : i + batch_size]
+        loss_sum += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1), reduction="sum"))
+        correct += int((logits.argmax(-1) == yb).sum())
+        n += yb.numel()
+    model.train(was_training)
+    return EvalResult(loss=loss_sum / n, accuracy=correct / n, n_tokens=n)
+
+
+def evaluate_with_delta(model: Model, tokens: torch.Tensor, seq_len: int, delta: Delta | None) -> EvalResult:
+    """Evaluate ``model`` with ``delta`` merged (``None``: the pruned model without any adapter)."""
+    with merged(model, delta):
+        return evaluate_tokens(model, tokens, seq_len)
+
+
+def weighted_mean(results: Mapping[str, EvalResult]) -> EvalResult:
+    """Token-weighted mean over devices (every held-out character counts once)."""
+    n = sum(r.n_tokens for r in results.values())
+    if n == 0:
+        raise ValueError("no evaluation results to average")
+    return EvalResult(
+        loss=sum(r.loss * r.n_tokens for r in results.values()) / n,
+        accuracy=sum(r.accuracy * r.n_tokens for r in results.values()) / n,
+        n_tokens=n,
+    )

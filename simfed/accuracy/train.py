@@ -1,0 +1,286 @@
+"""Local prune-and-tune on each device: the accuracy layer's side of a FedSpine round.
+
+For each device the trainer holds what stays on the device between rounds: its frozen base model,
+physically pruned to its current structure (:class:`~simfed.accuracy.adapters.Kept`), its
+importance EMA, its data and its own seeded random generator. A round (:meth:`Trainer.run_round`)
+follows FedSpine's iterative prune → tune (arXiv 2501.02438, notes §3.2): load the server's factors
+(already in the device's rank and structure), run the plan's :func:`~simfed.structure.round_schedule`
+— τ AdamW iterations on the LoRA parameters, tracking importance, then a pruning step to the next
+nominal sparsity — and report losses, sparsity, update norm and the update itself.
+
+The trainer knows nothing about time: it is pure computation, deterministic per device (each
+device draws batches from its own generator seeded by the run seed and the device id), so devices
+can be trained in any order.
+
+Decisions recorded here:
+
+- Importance is tracked only during stages that end with a pruning step (the EMA then spans the τ
+  iterations before each pruning step, as in LoRAPrune); a round that prunes nothing skips it. The
+  EMA persists across rounds and is sliced with the model.
+- AdamW moments survive a pruning step (sliced with the factors); a new optimiser is made per round,
+  since the server replaces the factors each round.
+- ``taylor``/``magnitude`` as iterative criteria score one-shot at each pruning step on
+  ``calib_batches`` local batches; ``lora-grad`` without an EMA (e.g. :meth:`Trainer.finalize` of a
+  device that never pruned) falls back to ``taylor`` on local data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from copy import deepcopy
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from simfed.accuracy.adapters import DeviceUpdate, Kept, LoRAFactors
+from simfed.accuracy.data import ClientData, random_windows
+from simfed.accuracy.evaluate import Delta, EvalResult, evaluate_with_delta
+from simfed.accuracy.lora import DEFAULT_ALPHA, load_factors, read_factors, remove_adapters, update_norm
+from simfed.accuracy.model import Model
+from simfed.accuracy.prune import NEEDS_LORA_GRAD, NEEDS_WEIGHT_GRAD, ImportanceEMA, LayerScores, criterion, prune_step
+from simfed.records import DeviceReport, Plan
+from simfed.structure import sparsity_of, stage_targets, structure_at, round_schedule
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local-training settings shared by all devices."""
+
+    batch_size: int = 8  # sequences per local iteration
+    seq_len: int = 80  # characters per sequence (LEAF's Shakespeare setting)
+    lr: float = 2e-3  # AdamW learning rate on the LoRA factors
+    weight_decay: float = 0.0
+    criterion: str = "lora-grad"  # importance for the iterative pruning steps (see prune.CRITERIA)
+    ema_beta: float = 0.9  # LoRAPrune's importance smoothing
+    loss_window: int = 5  # iterations averaged for loss_before / loss_after
+    alpha: float = DEFAULT_ALPHA  # LoRA scale = alpha / sqrt(r)
+    calib_batches: int = 4  # local batches for one-shot scoring (taylor, magnitude, fallbacks)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "seq_len", "loss_window", "calib_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        criterion(self.criterion)  # validates the name
+
+
+@dataclass
+class DeviceState:
+    """What persists on one device between rounds."""
+
+    device_id: str
+    model: Model  # frozen base, physically pruned to ``kept``
+    kept: Kept
+    ema: ImportanceEMA
+    data: ClientData
+    generator: torch.Generator
+    steps: int = 0
+
+
+def device_seed(seed: int, device_id: str) -> int:
+    """A stable 63-bit seed per (run seed, device) — independent of Python's hash randomisation."""
+    digest = hashlib.sha256(f"{seed}:{device_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class Trainer:
+    """Owns every device's local state and runs their local prune-and-tune rounds."""
+
+    def __init__(self, base: Model, clients: Mapping[str, ClientData], config: TrainConfig = TrainConfig()) -> None:
+        self.base = base
+        self.base.freeze_base()
+        self.shape = base.config.shape()
+        self.clients = clients
+        self.config = config
+        self._states: dict[str, DeviceState] = {}
+        self.train_wall_s = 0.0  # host seconds spent in local training (for benchmarks, not simulated time)
+        self.train_steps = 0
+
+    # ----------------------------------------------------------------- device state
+    def state(self, device_id: str) -> DeviceState:
+        st = self._states.get(device_id)
+        if st is None:
+            if device_id not in self.clients:
+                raise KeyError(f"unknown device {device_id!r}: no client data with that id")
+            data = self.clients[device_id]
+            if data.n_samples(self.config.seq_len) < 1:
+                raise ValueError(f"device {device_id!r} has {len(data.train)} training characters, fewer than seq_len+1")
+            model = deepcopy(self.base)
+            model.freeze_base()
+            gen = torch.Generator().manual_seed(device_seed(self.config.seed, device_id))
+            st = DeviceState(device_id, model, Kept.full(self.shape), ImportanceEMA(self.config.ema_beta), data, gen)
+            self._states[device_id] = st
+        return st
+
+    def kept(self, device_id: str) -> Kept:
+        return self.state(device_id).kept.copy()
+
+    def sparsity(self, device_id: str) -> float:
+        return sparsity_of(self.shape, self.state(device_id).kept.structure())
+
+    def n_samples(self, device_id: str) -> int:
+        return self.state(device_id).data.n_samples(self.config.seq_len)
+
+    # ----------------------------------------------------------------- a round
+    def run_round(self, plans: Iterable[Plan], factors: Mapping[str, LoRAFactors]) -> list[DeviceReport]:
+        """Local prune-and-tune of every planned device with its downloaded ``factors``."""
+        reports = []
+        for plan in plans:
+            if plan.device_id not in factors:
+                raise KeyError(f"no LoRA factors given for device {plan.device_id!r}")
+            reports.append(self.train_device(plan, factors[plan.device_id]))
+        return reports
+
+    def train_device(self, plan: Plan, factors: LoRAFactors) -> DeviceReport:
+        cfg = self.config
+        st = self.state(plan.device_id)
+        expected = structure_at(self.shape, plan.sparsity_before)
+        if st.kept.structure() != expected:
+            raise ValueError(
+                f"device {plan.device_id!r} has structure {st.kept.structure()}, but the plan's sparsity_before="
+                f"{plan.sparsity_before} means {expected}"
+            )
+        if factors.rank != plan.arm.r:
+            raise ValueError(f"device {plan.device_id!r}: factors have rank {factors.rank}, the plan says {plan.arm.r}")
+        t0 = time.perf_counter()
+        sparsity_before = sparsity_of(self.shape, st.kept.structure())
+        model = st.model
+        model.train()
+        params = load_factors(model, factors)
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        stages = round_schedule(plan.sparsity_before, plan.sparsity_after, plan.local_iters, plan.tau)
+        targets = iter(stage_targets(plan.sparsity_before, plan.sparsity_after, sum(s.prune_after for s in stages)))
+        score_fn = criterion(cfg.criterion)
+        losses = torch.empty(plan.local_iters)
+        it = 0
+        for stage in stages:
+            track = stage.prune_after and cfg.criterion in NEEDS_LORA_GRAD
+            for _ in range(stage.iters):
+                x, y = random_windows(st.data.train, cfg.batch_size, cfg.seq_len, st.generator)
+                _, loss = model(x, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if track:
+                    st.ema.update(score_fn(model))
+                opt.step()
+                losses[it] = loss.detach()
+                it += 1
+            if stage.prune_after:
+                target = structure_at(self.shape, next(targets))
+                if target != st.kept.structure():
+                    scores = self._scores_for_pruning(st)
+                    st.kept = prune_step(model, st.kept, scores, target, st.ema, _optimizer_slicer(opt))
+        k = min(cfg.loss_window, max(1, plan.local_iters // 2))
+        trained = read_factors(model)
+        remove_adapters(model)
+        st.steps += plan.local_iters
+        self.train_steps += plan.local_iters
+        self.train_wall_s += time.perf_counter() - t0
+        n = st.data.n_samples(cfg.seq_len)
+        return DeviceReport(
+            round=plan.round,
+            device_id=plan.device_id,
+            arm=plan.arm,
+            sparsity_before=sparsity_before,
+            sparsity_after=sparsity_of(self.shape, st.kept.structure()),
+            loss_before=float(losses[:k].mean()),
+            loss_after=float(losses[-k:].mean()),
+            update_norm=update_norm(trained),
+            n_samples=n,
+            update=DeviceUpdate(factors=trained, kept=st.kept.copy(), n_samples=n),
+        )
+
+    def _scores_for_pruning(self, st: DeviceState) -> list[LayerScores]:
+        if self.config.criterion in NEEDS_LORA_GRAD and st.ema.scores is not None:
+            return st.ema.scores
+        name = self.config.criterion if self.config.criterion not in NEEDS_LORA_GRAD else "taylor"
+        return self.oneshot_scores(st.device_id, name)
+
+    # ----------------------------------------------------------------- one-shot pruning
+    def oneshot_scores(self, device_id: str, criterion_name: str = "taylor") -> list[LayerScores]:
+        """Importance from ``calib_batches`` local batches (weights' gradients summed for ``taylor``)."""
+        st = self.state(device_id)
+        score_fn = criterion(criterion_name)
+        if criterion_name in NEEDS_LORA_GRAD:
+            if st.ema.scores is None:
+                raise ValueError(f"device {device_id!r} has no LoRA-gradient importance yet; use 'taylor' one-shot")
+            return st.ema.scores
+        if criterion_name not in NEEDS_WEIGHT_GRAD:
+            return score_fn(st.model)
+        weights = [b.linear(m).weight for b in st.model.layers for m in ("q", "k", "v", "o", "gate", "up", "down")]
+        for w in weights:
+            w.requires_grad_(True)
+            w.grad = None
+        try:
+            for _ in range(self.config.calib_batches):
+                x, y = random_windows(st.data.train, self.config.batch_size, self.config.seq_len, st.generator)
+                _, loss = st.model(x, y)
+                (loss / self.config.calib_batches).backward()
+            return score_fn(st.model)
+        finally:
+            for w in weights:
+                w.grad = None
+                w.requires_grad_(False)
+            st.model.zero_grad(set_to_none=True)
+
+    def prune_to(self, device_id: str, sparsity: float, criterion_name: str) -> Kept:
+        """Prune one device (without adapters) to ``structure_at(sparsity)`` with a one-shot criterion."""
+        st = self.state(device_id)
+        target = structure_at(self.shape, sparsity)
+        current = st.kept.structure()
+        if target.kv_groups > current.kv_groups or target.channels > current.channels:
+            raise ValueError(f"device {device_id!r} is already pruned beyond sparsity {sparsity} ({current})")
+        if target != current:
+            st.kept = prune_step(st.model, st.kept, self.oneshot_scores(device_id, criterion_name), target, st.ema)
+        return st.kept.copy()
+
+    def oneshot_prune(self, device_ids: Iterable[str], sparsity: float, criterion: str = "taylor") -> dict[str, Kept]:
+        """Prune-then-tune baseline: each device prunes once to ``sparsity`` before federated tuning."""
+        return {d: self.prune_to(d, sparsity, criterion) for d in device_ids}
+
+    def finalize(self, device_id: str, s_star: float) -> Kept:
+        """Prune a device that is still below ``s_star`` to it (before the final evaluation)."""
+        st = self.state(device_id)
+        target = structure_at(self.shape, s_star)
+        current = st.kept.structure()
+        if target.kv_groups >= current.kv_groups and target.channels >= current.channels:
+            return st.kept.copy()
+        name = self.config.criterion
+        if name in NEEDS_LORA_GRAD and st.ema.scores is None:
+            name = "taylor"
+        return self.prune_to(device_id, s_star, name)
+
+    # ----------------------------------------------------------------- evaluation
+    def evaluate(
+        self, device_ids: Iterable[str], delta_for: Callable[[Kept], Delta] | None = None
+    ) -> dict[str, EvalResult]:
+        """Held-out loss/accuracy of each device's pruned model with ``delta_for(kept)`` merged.
+
+        ``delta_for=None`` evaluates the pruned models without any adapter (the baseline).
+        """
+        out = {}
+        for d in device_ids:
+            st = self.state(d)
+            delta = delta_for(st.kept.copy()) if delta_for is not None else None
+            out[d] = evaluate_with_delta(st.model, st.data.test, self.config.seq_len, delta)
+        return out
+
+
+def _optimizer_slicer(opt: torch.optim.Optimizer) -> Callable[[nn.Parameter, nn.Parameter, int, torch.Tensor], None]:
+    """A pruning hook that moves a LoRA parameter's AdamW moments to its sliced replacement."""
+
+    def hook(old: nn.Parameter, new: nn.Parameter, dim: int, index: torch.Tensor) -> None:
+        state = opt.state.pop(old, None)
+        if state is not None:
+            opt.state[new] = {
+                k: (v.index_select(dim, index) if torch.is_tensor(v) and v.shape == old.shape else v) for k, v in state.items()
+            }
+        for group in opt.param_groups:
+            group["params"] = [new if p is old else p for p in group["params"]]
+
+    return hook

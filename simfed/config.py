@@ -1,0 +1,350 @@
+"""Run configuration: TOML presets → ``--set key.sub=value`` overrides → one validated :class:`RunConfig`.
+
+A run is one method, one seed, one population of device traces and one model preset (FedSpine,
+arXiv 2501.02438, §5: 80 Jetson boards, target sparsity s*, τ local iterations between pruning steps).
+The same file may carry a ``[sweep]`` table (methods × seeds × parameter grid) that ``simfed sweep``
+expands; ``simfed run`` ignores it. Every key is typed by the dataclasses below; an unknown key, a
+wrong type or a bad value is rejected with one line that names the dotted key (nanoGPT's
+configurator keeps that behaviour, here without ``exec``).
+
+Relative paths (``traces.dir``, ``model.cache_dir``) are resolved against the directory of the file
+that names them, so a config works from any working directory; the resolved config written into a
+run directory holds absolute paths.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the file (when known) and the dotted key."""
+
+
+@dataclass
+class TracesConfig:
+    """Where the device population comes from: a trace directory, or a generator and its arguments."""
+
+    dir: str = ""  # a simfed trace directory (e.g. traces/fedspine-testbed); relative to this file
+    generator: str = ""  # or the name of a seeded population generator (e.g. "fedspine-testbed")
+    generator_args: dict = field(default_factory=dict)  # keyword arguments of that generator
+    seed: int = 0  # the generator's seed (a trace directory is already fixed)
+    devices: int = 0  # use a type-stratified subset of this many devices (0 = all of them)
+
+
+@dataclass
+class ModelConfig:
+    """The language model: a preset of the accuracy layer (its shape also drives the cost model)."""
+
+    preset: str = "tiny"
+    cache_dir: str = ""  # where pre-trained checkpoints are cached ("" = the accuracy layer's default)
+
+
+@dataclass
+class TrainConfig:
+    """Local training on each device (the paper's τ and local iterations per round)."""
+
+    local_iters: int = 20  # LoRA iterations per device per round
+    tau: int = 20  # iterations between two pruning steps (FedSpine: τ = 20 was best)
+    batch_size: int = 8  # sequences per local iteration
+    seq_len: int = 80  # characters per sequence (LEAF's Shakespeare setting)
+    lr: float = 2e-3  # AdamW on the LoRA factors
+    eval_every: int = 5  # evaluate the global model every this many rounds (and always at the end)
+
+
+@dataclass
+class EngineOptions:
+    """Round-closing rules of the timing engine."""
+
+    participants: int = 0  # devices sampled per round (0 = all devices)
+    overcommit: float = 1.0  # FedScale-style: sample participants × overcommit, keep the first participants
+    deadline_s: float = 0.0  # simulated seconds after the round start when late work is discarded (0 = none)
+    max_concurrent_transfers: int = 0  # server-side limit on simultaneous transfers (0 = unlimited)
+
+
+@dataclass
+class PolicyConfig:
+    """The arm space every method draws from, plus free keyword arguments for the method's policy."""
+
+    p_max: float = 0.2  # largest pruning increment per round
+    r_min: int = 2  # smallest LoRA rank
+    r_max: int = 32  # largest LoRA rank
+    rank: int = 8  # the one rank of single-rank methods (prune-then-tune, uniform, fedmp)
+    params: dict = field(default_factory=dict)  # extra keyword arguments for the policy (e.g. gamma)
+    reward: dict = field(default_factory=dict)  # reward weights (names as in simfed.decisions.reward)
+
+
+@dataclass
+class SweepConfig:
+    """What ``simfed sweep`` expands: methods × seeds × every combination of the grid values."""
+
+    methods: list = field(default_factory=list)  # default: the run's method
+    seeds: list = field(default_factory=list)  # default: the run's seed
+    grid: dict = field(default_factory=dict)  # dotted key -> list of values, e.g. {"train.tau" = [10, 20]}
+
+
+MODES = ("full", "timing")
+
+
+@dataclass
+class RunConfig:
+    """One simulated federated prune-and-tune run."""
+
+    name: str = ""  # free label, copied into the summary
+    mode: str = "full"  # "full": real training; "timing": the time layer and the policies only
+    method: str = "fedspine"  # a method of simfed.decisions.methods
+    seed: int = 0  # root seed; every random component gets its own stream spawned from it
+    s_star: float = 0.5  # target sparsity every device ends at
+    rounds: int = 50
+    target_accuracy: float = 0.0  # for time-to-target (0 = report none)
+    traces: TracesConfig = field(default_factory=TracesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    engine: EngineOptions = field(default_factory=EngineOptions)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+
+# --------------------------------------------------------------------------------------------------
+# dict <-> dataclass with type checks
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_scalar(value: Any, tp: Any, key: str) -> Any:
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(float(value)):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if tp is list or typing.get_origin(tp) is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return list(value)
+    if tp is dict or typing.get_origin(tp) is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        return copy.deepcopy(value)
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _from_dict(cls: type, data: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "config"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known in {where}: {', '.join(names)})")
+    kwargs = {}
+    for name in names:
+        if name not in data:
+            continue
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _from_dict(tp, data[name], f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check_scalar(data[name], tp, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _validate(cfg: RunConfig) -> None:
+    """Value checks; each names the dotted key and the rule it breaks."""
+
+    def need(ok: bool, key: str, rule: str, value: Any) -> None:
+        if not ok:
+            raise ConfigError(f"{key}: {rule}, got {value!r}")
+
+    need(cfg.mode in MODES, "mode", f"must be one of {', '.join(MODES)}", cfg.mode)
+    need(bool(cfg.method), "method", "must name a method", cfg.method)
+    need(cfg.seed >= 0, "seed", "must be >= 0", cfg.seed)
+    need(0.0 <= cfg.s_star < 1.0, "s_star", "must be in [0, 1)", cfg.s_star)
+    need(cfg.rounds >= 1, "rounds", "must be >= 1", cfg.rounds)
+    need(0.0 <= cfg.target_accuracy <= 1.0, "target_accuracy", "must be in [0, 1]", cfg.target_accuracy)
+    t = cfg.traces
+    need(bool(t.dir) != bool(t.generator), "traces", "needs exactly one of traces.dir and traces.generator",
+         {"dir": t.dir, "generator": t.generator})
+    need(t.devices >= 0, "traces.devices", "must be >= 0", t.devices)
+    need(t.seed >= 0, "traces.seed", "must be >= 0", t.seed)
+    need(bool(cfg.model.preset), "model.preset", "must name a model preset", cfg.model.preset)
+    tr = cfg.train
+    need(tr.local_iters >= 1, "train.local_iters", "must be >= 1", tr.local_iters)
+    need(tr.tau >= 1, "train.tau", "must be >= 1", tr.tau)
+    need(tr.batch_size >= 1, "train.batch_size", "must be >= 1", tr.batch_size)
+    need(tr.seq_len >= 2, "train.seq_len", "must be >= 2", tr.seq_len)
+    need(tr.lr > 0, "train.lr", "must be > 0", tr.lr)
+    need(tr.eval_every >= 1, "train.eval_every", "must be >= 1", tr.eval_every)
+    e = cfg.engine
+    need(e.participants >= 0, "engine.participants", "must be >= 0 (0 = all devices)", e.participants)
+    need(e.overcommit >= 1.0, "engine.overcommit", "must be >= 1", e.overcommit)
+    need(e.deadline_s >= 0.0, "engine.deadline_s", "must be >= 0 (0 = no deadline)", e.deadline_s)
+    need(e.max_concurrent_transfers >= 0, "engine.max_concurrent_transfers", "must be >= 0", e.max_concurrent_transfers)
+    p = cfg.policy
+    need(0.0 <= p.p_max < 1.0, "policy.p_max", "must be in [0, 1)", p.p_max)
+    need(p.r_min >= 1, "policy.r_min", "must be >= 1", p.r_min)
+    need(p.r_max >= p.r_min, "policy.r_max", f"must be >= policy.r_min ({p.r_min})", p.r_max)
+    need(p.rank >= 1, "policy.rank", "must be >= 1", p.rank)
+    s = cfg.sweep
+    for i, m in enumerate(s.methods):
+        need(isinstance(m, str) and bool(m), f"sweep.methods[{i}]", "must be a method name", m)
+    for i, sd in enumerate(s.seeds):
+        need(isinstance(sd, int) and not isinstance(sd, bool) and sd >= 0, f"sweep.seeds[{i}]",
+             "must be an integer >= 0", sd)
+    for key, values in s.grid.items():
+        need(isinstance(values, list) and len(values) > 0, f"sweep.grid.{key}", "must be a non-empty list", values)
+        need(not key.startswith("sweep"), f"sweep.grid.{key}", "cannot sweep the sweep table", key)
+        for v in values:  # each grid point must itself be a valid config
+            trial = to_dict(cfg)
+            trial.pop("sweep")
+            try:
+                _set_dotted(trial, key, v)
+                from_dict(trial)
+            except ConfigError as exc:
+                raise ConfigError(f"sweep.grid.{key}: value {v!r} is not valid ({exc})") from None
+
+
+def from_dict(data: dict, *, base_dir: Path | None = None) -> RunConfig:
+    """Build and validate a :class:`RunConfig`; relative paths resolve against ``base_dir``."""
+    cfg = _from_dict(RunConfig, data, "")
+    if base_dir is not None:
+        if cfg.traces.dir and not Path(cfg.traces.dir).is_absolute():
+            cfg.traces.dir = str((base_dir / cfg.traces.dir).resolve())
+        if cfg.model.cache_dir and not Path(cfg.model.cache_dir).is_absolute():
+            cfg.model.cache_dir = str((base_dir / cfg.model.cache_dir).resolve())
+    _validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    """A plain dict (TOML-serialisable) of every field, defaults included."""
+    return dataclasses.asdict(cfg)
+
+
+# --------------------------------------------------------------------------------------------------
+# overrides
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.lr=1e-3"`` → ``("train.lr", 0.001)``. The value is read as TOML, else kept as a string."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE (e.g. train.lr=1e-3)")
+    key, raw = text.split("=", 1)
+    key, raw = key.strip(), raw.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {text!r}: bad key {key!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    if parts[0] == "sweep" and parts[-1] == "grid":
+        raise ConfigError(f"{key}: set grid entries one by one (sweep.grid.KEY=[...])")
+    # keys inside free tables (policy.params, sweep.grid) may themselves contain dots: keep the rest whole
+    for free in (("policy", "params"), ("policy", "reward"), ("traces", "generator_args"), ("sweep", "grid")):
+        if tuple(parts[: len(free)]) == free and len(parts) > len(free) + 1:
+            node = data
+            for part in free:
+                node = node.setdefault(part, {})
+            node[".".join(parts[len(free):])] = value
+            return
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: {part} is not a table")
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    """Return a copy of ``data`` with ``--set`` overrides applied (not yet validated)."""
+    out = copy.deepcopy(data)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(out, key, value)
+    return out
+
+
+def read_toml(path: str | Path) -> dict:
+    """Read a TOML file; a syntax error names the file and the position."""
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML ({exc})") from None
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a config file, apply ``--set`` overrides and validate; errors name the file and the key."""
+    p = Path(path)
+    data = apply_overrides(read_toml(p), overrides)
+    try:
+        return from_dict(data, base_dir=p.resolve().parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+
+
+def dumps(cfg: RunConfig) -> str:
+    """The resolved config as TOML text (what a run directory records)."""
+    return tomli_w.dumps(to_dict(cfg))
+
+
+def with_values(cfg: RunConfig, values: dict[str, Any]) -> RunConfig:
+    """A validated copy of ``cfg`` with dotted keys replaced (used by sweeps)."""
+    data = to_dict(cfg)
+    for key, value in values.items():
+        _set_dotted(data, key, value)
+    return from_dict(data)
+
+
+__all__ = [
+    "ConfigError",
+    "RunConfig",
+    "TracesConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "EngineOptions",
+    "PolicyConfig",
+    "SweepConfig",
+    "MODES",
+    "load",
+    "from_dict",
+    "to_dict",
+    "dumps",
+    "apply_overrides",
+    "parse_override",
+    "read_toml",
+    "with_values",
+]

@@ -1,0 +1,107 @@
+"""The oracle baseline: it READS THE DEVICE TRACES (through a completion-time predictor built from
+them and the cost model), which no real server can. It bounds what an online policy could achieve
+and is labelled as such in every run (``reads_traces = True``).
+
+Rule (simfed's; the paper's oracle, if any, is unknown): each round, for every participant i and
+every grid arm a it predicts T_i(a) from the device's current sparsity. The round cannot end before
+T* = max_i min_a T_i(a), the slowest device at its fastest arm. Each device then plays, among the arms
+with T_i(a) ≤ T*·(1 + slack), the best-quality one: the largest rank, then the largest pruning
+increment (more progress toward s*). Completion times are thus equalised near T* at the highest
+capacity the round time allows. A device whose every arm is predicted infeasible (infinite time,
+e.g. out of memory) plays its fastest arm.
+
+The predictor ``predict_completion_s(device_id, arm, sparsity_before) -> seconds`` is built by the
+server loop from the cost model and the traces (it binds the round's start time); the oracle tracks
+each device's sparsity from the observations' ``sparsity_after``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+from simfed.decisions.arms import ArmSpace
+from simfed.decisions.policies.base import Policy
+from simfed.records import Arm, Observation
+from simfed.timing.traces import DeviceTrace, Population
+
+CompletionPredictor = Callable[[str, Arm, float], float]
+
+
+class Oracle(Policy):
+    """Trace-reading oracle: equalises predicted completion times at the best quality (see module)."""
+
+    name = "oracle"
+    reads_traces = True
+
+    def __init__(self, *, arm_space: ArmSpace | None = None, seed: int = 0,
+                 traces: Mapping[str, DeviceTrace] | Population | None = None,
+                 predict_completion_s: CompletionPredictor | None = None,
+                 arms: Sequence[Arm] | None = None, slack: float = 0.0) -> None:
+        super().__init__(arm_space=arm_space, seed=seed)
+        if traces is None or predict_completion_s is None:
+            raise ValueError("oracle: needs the device traces and a predict_completion_s(device_id, arm, sparsity) callable")
+        if not callable(predict_completion_s):
+            raise ValueError("oracle: predict_completion_s must be callable")
+        if not slack >= 0:
+            raise ValueError(f"oracle: slack must be >= 0, got {slack!r}")
+        self.traces = traces
+        self.predict_completion_s = predict_completion_s
+        self.arms = list(arms) if arms is not None else None
+        self.slack = slack
+        self._by_id: Mapping[str, DeviceTrace] = traces.by_id() if isinstance(traces, Population) else dict(traces)
+        self._arms = list(arms) if arms is not None else self.arm_space.grid()
+        self._sparsity: dict[str, float] = {}
+        self._selected: dict[str, int] = {}
+
+    def predicted_times(self, device_id: str) -> list[float]:
+        s = self._sparsity.get(device_id, 0.0)
+        out = []
+        for arm in self._arms:
+            t = float(self.predict_completion_s(device_id, arm, s))
+            out.append(t if not math.isnan(t) else math.inf)
+        return out
+
+    def select(self, round: int, device_ids: Sequence[str]) -> dict[str, Arm]:
+        unknown = [d for d in device_ids if d not in self._by_id]
+        if unknown:
+            raise ValueError(f"oracle: no trace for device(s) {unknown[:5]}")
+        times = {d: self.predicted_times(d) for d in device_ids}
+        fastest = [min(ts) for ts in times.values() if math.isfinite(min(ts))]
+        t_star = max(fastest) * (1.0 + self.slack) if fastest else math.inf
+        out: dict[str, Arm] = {}
+        for d in device_ids:
+            ts = times[d]
+            feasible = [a for a, t in zip(self._arms, ts) if t <= t_star and math.isfinite(t)]
+            if feasible:
+                out[d] = max(feasible, key=lambda a: (a.r, a.p))
+            else:
+                out[d] = self._arms[min(range(len(ts)), key=lambda i: (ts[i], -self._arms[i].p, self._arms[i].r))]
+            self._selected[d] = round
+        return out
+
+    def update(self, round: int, observations: Sequence[Observation], rewards: Mapping[str, float]) -> None:
+        for obs in observations:
+            if self._selected.get(obs.device_id) != round:
+                raise ValueError(
+                    f"oracle.update: observation for device {obs.device_id!r} in round {round}, "
+                    "but no arm was selected for it in that round"
+                )
+            if math.isfinite(obs.sparsity_after):
+                self._sparsity[obs.device_id] = obs.sparsity_after
+
+    @classmethod
+    def _test_params(cls) -> list[dict]:
+        from simfed.timing.traces import Series
+
+        traces = {
+            f"d{i}": DeviceTrace(f"d{i}", "t", Series.constant(1e9 * (i + 1)), Series.constant(1e6),
+                                 Series.constant(1e6), 0.01, 8e9)
+            for i in range(4)
+        }
+
+        def predict(dev: str, arm: Arm, s: float) -> float:
+            speed = traces[dev].compute_flops.mean()
+            return (1e10 * (1.0 - s - 0.5 * arm.p) + 1e8 * arm.r) / speed
+
+        return [{"traces": traces, "predict_completion_s": predict}]

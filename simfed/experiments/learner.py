@@ -1,0 +1,112 @@
+"""The accuracy layer seen from the server loop: a :class:`~simfed.experiments.loop.Learner` over the
+trainer, an aggregator and the evaluation (DESIGN §1 step 4; FedSpine evaluates the global LoRA on
+each device's own pruned model, arXiv 2501.02438).
+
+It also gives the checkpoint a compact, picklable form of the trainer: the frozen base model and
+the clients' data are rebuilt deterministically on resume, so they are referenced, not copied,
+into every round's checkpoint (:func:`dumps_state` / :func:`loads_state`).
+"""
+
+from __future__ import annotations
+
+import copyreg
+import io
+import pickle
+from typing import Any
+
+import torch
+
+from simfed.accuracy.evaluate import weighted_mean
+from simfed.accuracy.lora import lora_scale
+from simfed.records import DeviceReport, Plan
+
+
+class RankScale:
+    """The LoRA scale rule the trainer applies (``lora_scale(rank, alpha)``), as a picklable callable."""
+
+    def __init__(self, alpha: float) -> None:
+        self.alpha = float(alpha)
+
+    def __call__(self, rank: int) -> float:
+        return lora_scale(rank, self.alpha)
+
+
+class FullLearner:
+    """Real training: the downlink from the aggregator, local rounds on the trainer, evaluation.
+
+    ``eval_devices`` are the devices whose held-out data the global model is scored on (all devices
+    of the run: each with its own pruned structure, so the score reflects what would be deployed).
+    """
+
+    def __init__(self, trainer: Any, aggregator: Any, eval_devices: list[str], oneshot_criterion: str = "taylor") -> None:
+        self.trainer = trainer
+        self.aggregator = aggregator
+        self.eval_devices = sorted(eval_devices)
+        self.oneshot_criterion = oneshot_criterion
+
+    def train(self, plans: list[Plan]) -> dict[str, DeviceReport]:
+        factors = {p.device_id: self.aggregator.factors_for(p.arm.r, self.trainer.kept(p.device_id)) for p in plans}
+        return {r.device_id: r for r in self.trainer.run_round(plans, factors)}
+
+    def aggregate(self, reports: list[DeviceReport]) -> None:
+        self.aggregator.aggregate([r.update for r in reports])
+
+    def evaluate(self) -> dict[str, float]:
+        delta_for = self.aggregator.delta_for if self.aggregator.rounds > 0 else None
+        mean = weighted_mean(self.trainer.evaluate(self.eval_devices, delta_for))
+        return {"accuracy": mean.accuracy, "loss": mean.loss}
+
+    def oneshot_prune(self, device_ids: list[str], s_star: float) -> None:
+        self.trainer.oneshot_prune(device_ids, s_star, criterion=self.oneshot_criterion)
+
+    def finalize(self, device_id: str, s_star: float) -> None:
+        self.trainer.finalize(device_id, s_star)
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+
+def _rebuild_generator(state: torch.Tensor) -> torch.Generator:
+    g = torch.Generator()
+    g.set_state(state)
+    return g
+
+
+def _reduce_generator(g: torch.Generator):
+    return _rebuild_generator, (g.get_state(),)
+
+
+class _Pickler(pickle.Pickler):
+    """Pickles torch generators by state, and refers to the shared read-only objects by name."""
+
+    def __init__(self, fh, shared: dict[str, Any]):
+        super().__init__(fh, protocol=pickle.HIGHEST_PROTOCOL)
+        self.dispatch_table = copyreg.dispatch_table.copy()
+        self.dispatch_table[torch.Generator] = _reduce_generator
+        self._shared = {id(obj): name for name, obj in shared.items()}
+
+    def persistent_id(self, obj: Any) -> str | None:
+        return self._shared.get(id(obj))
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, fh, shared: dict[str, Any]):
+        super().__init__(fh)
+        self._shared = shared
+
+    def persistent_load(self, pid: str) -> Any:
+        try:
+            return self._shared[pid]
+        except KeyError:
+            raise pickle.UnpicklingError(f"checkpoint refers to {pid!r}, which this run did not rebuild") from None
+
+
+def dumps_state(state: Any, shared: dict[str, Any]) -> bytes:
+    """Pickle ``state``; objects in ``shared`` (base model, client data) are stored as references."""
+    buf = io.BytesIO()
+    _Pickler(buf, shared).dump(state)
+    return buf.getvalue()
+
+
+def loads_state(data: bytes, shared: dict[str, Any]) -> Any:
+    return _Unpickler(io.BytesIO(data), shared).load()

@@ -1,0 +1,580 @@
+"""The SimPy engine: synchronous FL rounds replayed over device traces, in simulated time.
+
+One server process runs the rounds; each selected device is one generator process that waits until
+it is online, downloads its LoRA payload (latency, then bytes through its downlink series), checks
+that its plan fits its RAM, computes its round's FLOPs through its compute series and uploads
+(latency, then bytes through its uplink series). A device that goes offline before its upload ends
+loses its work. The round closes when every selected device is done, or at the deadline (the rest
+are late), or, with FedScale-style over-commitment (Lai et al., Oort, OSDI'21; FedScale, ICML'22),
+when ``participants`` devices have finished (the rest are stragglers). FedSpine (arXiv 2501.02438)
+measures waiting time as round end minus a device's end; :class:`RoundTiming` reports its mean.
+
+The engine never sees training: a :class:`RoundDriver` (the server loop, or
+:class:`FixedPlanDriver` for timing-only runs) turns device ids into :class:`~simfed.records.Plan`
+objects and receives the :class:`~simfed.records.DeviceTiming` of each round; a cost model turns a
+plan into work, bytes and memory (:class:`~simfed.timing.cost.PlanCost`).
+
+Simulated time is exact: every phase end is computed by ``Series.finish_time`` from the exact start
+and the engine schedules events at those absolute times (not ``now + delay``, which drifts by
+round-off), so hand-computed event logs compare with ``==``. Ties at one instant are resolved by a
+fixed rule (a device that finishes exactly at the deadline is on time; among devices finishing at
+the same instant, population order decides), and each round's log is sorted by
+(time, event kind, device position), so the vectorised path (:mod:`simfed.timing.fast`) can
+reproduce it exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from heapq import heappush
+from typing import Mapping, Protocol, Sequence
+
+import numpy as np
+import simpy
+from simpy.events import NORMAL
+
+from simfed.records import Arm, DeviceTiming, Event, Outcome, Plan
+from simfed.structure import next_sparsity
+from simfed.timing.cost import PlanCost
+from simfed.timing.traces import DeviceTrace, Population
+
+NAN = float("nan")
+INF = math.inf
+
+# Canonical order of events that share a time stamp (a device's phases, then the round's close).
+EVENT_KINDS: tuple[str, ...] = (
+    "round_start",
+    "select",
+    "online",
+    "download_end",
+    "oom",
+    "compute_end",
+    "upload_end",
+    "offline",
+    "late",
+    "straggler",
+    "unavailable",
+    "round_end",
+)
+KIND_RANK: dict[str, int] = {k: i for i, k in enumerate(EVENT_KINDS)}
+OUTCOME_EVENT = {Outcome.LATE: "late", Outcome.STRAGGLER: "straggler", Outcome.UNAVAILABLE: "unavailable"}
+
+AVAILABILITY_MODES = ("interval", "end_instant")
+
+
+class EngineError(RuntimeError):
+    """A run that cannot proceed (e.g. a round that can never close)."""
+
+
+class Costing(Protocol):
+    """What the engine needs from a cost model: :class:`~simfed.timing.cost.CostModel` is one."""
+
+    def plan_cost(self, plan: Plan) -> PlanCost: ...
+
+
+class RoundDriver(Protocol):
+    """The server side the engine talks to: plans in, timings out. It never sees traces."""
+
+    def plans(self, round: int, now_s: float, device_ids: list[str]) -> list[Plan]: ...
+
+    def round_done(self, round: int, timings: list[DeviceTiming], start_s: float, end_s: float) -> bool: ...
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How rounds are run.
+
+    ``participants`` K: None selects every device each round (they wait until online); an integer
+    samples ``int(K * overcommit)`` devices among those online at the round start (seeded by
+    ``(seed, round)``) and closes the round when K have finished. ``deadline_s`` is counted from the
+    selection instant. ``max_concurrent_transfers`` is the number of server-side transfer slots
+    (downloads and uploads share them; None = no contention). ``availability`` is ``"interval"``
+    (a device must stay online through its whole round) or ``"end_instant"`` (FedScale: only the
+    instant its round would end is checked; a device offline then is dropped at selection).
+    """
+
+    participants: int | None = None
+    overcommit: float = 1.0
+    deadline_s: float | None = None
+    max_concurrent_transfers: int | None = None
+    seed: int = 0
+    availability: str = "interval"
+    start_s: float = 0.0
+    log_events: bool = True
+
+    def __post_init__(self) -> None:
+        if self.participants is not None and (int(self.participants) != self.participants or self.participants < 1):
+            raise ValueError(f"EngineConfig.participants must be a positive integer or None, got {self.participants!r}")
+        if not (math.isfinite(self.overcommit) and self.overcommit >= 1.0):
+            raise ValueError(f"EngineConfig.overcommit must be a finite number >= 1, got {self.overcommit!r}")
+        if self.deadline_s is not None and not (math.isfinite(self.deadline_s) and self.deadline_s > 0):
+            raise ValueError(f"EngineConfig.deadline_s must be a positive number or None, got {self.deadline_s!r}")
+        if self.max_concurrent_transfers is not None and (
+            int(self.max_concurrent_transfers) != self.max_concurrent_transfers or self.max_concurrent_transfers < 1
+        ):
+            raise ValueError(
+                f"EngineConfig.max_concurrent_transfers must be a positive integer or None, got {self.max_concurrent_transfers!r}"
+            )
+        if self.availability not in AVAILABILITY_MODES:
+            raise ValueError(f"EngineConfig.availability must be one of {AVAILABILITY_MODES}, got {self.availability!r}")
+        if self.availability == "end_instant" and self.max_concurrent_transfers is not None:
+            raise ValueError("EngineConfig: availability='end_instant' (FedScale) has no transfer contention; unset max_concurrent_transfers")
+        if not math.isfinite(self.start_s):
+            raise ValueError(f"EngineConfig.start_s must be finite, got {self.start_s!r}")
+
+    def n_to_select(self, n_online: int) -> int:
+        """How many devices to sample among ``n_online`` (with over-commitment)."""
+        assert self.participants is not None
+        return min(n_online, int(self.participants * self.overcommit + 1e-9))
+
+    def quota(self, n_selected: int) -> int:
+        """Finished devices that close the round early (all of them without over-commitment)."""
+        return n_selected if self.participants is None else min(self.participants, n_selected)
+
+
+def choose(config: EngineConfig, round_: int, online_idx: np.ndarray) -> np.ndarray:
+    """Positions (sorted) of the devices sampled among the online ones, seeded by (seed, round)."""
+    n = config.n_to_select(len(online_idx))
+    rng = np.random.default_rng([config.seed, round_])
+    return np.sort(rng.choice(np.asarray(online_idx, dtype=np.int64), size=n, replace=False))
+
+
+@dataclass(frozen=True)
+class RoundTiming:
+    """One round as the server saw it. ``reason`` is ``all``, ``deadline`` or ``quota``."""
+
+    round: int
+    start_s: float  # the round began (the previous round's end)
+    select_s: float  # participants were selected (later than start_s only when none was online)
+    end_s: float
+    reason: str
+    n_selected: int
+    n_ok: int
+    n_late: int
+    n_straggler: int
+    n_offline: int
+    n_unavailable: int
+    n_oom: int
+    mean_waiting_s: float  # mean of (end_s - device end) over the devices whose update was accepted
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+
+@dataclass
+class EngineResult:
+    events: list[Event] = field(default_factory=list)
+    timings: list[DeviceTiming] = field(default_factory=list)
+    rounds: list[RoundTiming] = field(default_factory=list)
+
+
+def waiting_s(timing: DeviceTiming, round_end_s: float) -> float:
+    """A device's idle time in a synchronous round: the round's end minus its own end."""
+    return round_end_s - timing.end_s
+
+
+def round_timing(
+    round_: int, start_s: float, select_s: float, end_s: float, reason: str, timings: Sequence[DeviceTiming]
+) -> RoundTiming:
+    counts = {o: 0 for o in Outcome}
+    wait_total = 0.0
+    for t in timings:
+        counts[t.outcome] += 1
+        if t.outcome is Outcome.OK:
+            wait_total += end_s - t.end_s
+    n_ok = counts[Outcome.OK]
+    return RoundTiming(
+        round=round_,
+        start_s=start_s,
+        select_s=select_s,
+        end_s=end_s,
+        reason=reason,
+        n_selected=len(timings),
+        n_ok=n_ok,
+        n_late=counts[Outcome.LATE],
+        n_straggler=counts[Outcome.STRAGGLER],
+        n_offline=counts[Outcome.OFFLINE],
+        n_unavailable=counts[Outcome.UNAVAILABLE],
+        n_oom=counts[Outcome.OOM],
+        mean_waiting_s=wait_total / n_ok if n_ok else NAN,
+    )
+
+
+def sorted_events(log: list[tuple]) -> list[Event]:
+    """Turn (time, kind rank, position, round, device_id, kind, detail) tuples into the canonical log."""
+    log.sort(key=lambda e: (e[0], e[1], e[2]))
+    return [Event(e[0], e[3], e[4], e[5], e[6]) for e in log]
+
+
+def check_plans(plans: list[Plan], round_: int, ids: list[str]) -> None:
+    if len(plans) != len(ids):
+        raise ValueError(f"driver.plans for round {round_}: {len(plans)} plans for {len(ids)} devices")
+    for i, (p, d) in enumerate(zip(plans, ids)):
+        if p.device_id != d or p.round != round_:
+            raise ValueError(
+                f"driver.plans for round {round_}: plan {i} is for device {p.device_id!r} round {p.round}, expected {d!r} round {round_}"
+            )
+
+
+class _Env(simpy.Environment):
+    """A SimPy environment that can schedule an event at an exact absolute time."""
+
+    def at(self, time_s: float) -> simpy.Event:
+        # Same as Timeout(delay=time_s - now) but without the round-off of now + (time_s - now).
+        ev = simpy.Event(self)
+        ev._ok = True
+        ev._value = None
+        heappush(self._queue, (time_s, NORMAL, next(self._eid), ev))
+        return ev
+
+    def until(self, time_s: float) -> simpy.Event:
+        """An event at ``time_s``, or one that never fires when ``time_s`` is infinite."""
+        return self.at(time_s) if time_s < INF else simpy.Event(self)
+
+
+class _Dev:
+    """One device's state in one round (written by its process, read by the server at close)."""
+
+    __slots__ = ("pos", "trace", "plan", "cost", "start", "ready", "dl_end", "c_end", "u_end", "term", "outcome", "proc")
+
+    def __init__(self, pos: int, trace: DeviceTrace, plan: Plan, cost: PlanCost, start: float) -> None:
+        self.pos, self.trace, self.plan, self.cost, self.start = pos, trace, plan, cost, start
+        self.ready = self.dl_end = self.c_end = self.u_end = NAN
+        self.term = NAN  # when its participation ended by itself (finished, OOM, dropped)
+        self.outcome: Outcome | None = None  # OK here means "finished"; the close may make it a straggler
+        self.proc = None
+
+
+class _Round:
+    """Counters of one round and the events that close it."""
+
+    __slots__ = ("n", "quota", "done", "finished", "all_done", "quota_hit", "log", "r", "closed")
+
+    def __init__(self, env: _Env, r: int, n: int, quota: int, log: list | None) -> None:
+        self.r, self.n, self.quota = r, n, quota
+        self.done = self.finished = 0
+        self.all_done = simpy.Event(env)
+        self.quota_hit = simpy.Event(env)
+        self.log = log
+        self.closed = False
+
+    def terminal(self, finished: bool) -> None:
+        if self.closed:
+            return
+        self.done += 1
+        if finished:
+            self.finished += 1
+            if self.finished == self.quota and not self.quota_hit.triggered:
+                self.quota_hit.succeed()
+        if self.done == self.n and not self.all_done.triggered:
+            self.all_done.succeed()
+
+
+class Engine:
+    """Runs synchronous rounds over a population with SimPy (see the module docstring)."""
+
+    def __init__(self, population: Population, cost: Costing, config: EngineConfig, driver: RoundDriver) -> None:
+        if len(population) == 0:
+            raise ValueError("Engine: the population has no devices")
+        ids = [d.device_id for d in population.devices]
+        if len(set(ids)) != len(ids):
+            raise ValueError("Engine: device ids in the population are not unique")
+        self.population = population
+        self.devices = population.devices
+        self.cost = cost
+        self.config = config
+        self.driver = driver
+
+    # ------------------------------------------------------------------ public
+    def run(self, max_rounds: int) -> EngineResult:
+        """Run up to ``max_rounds`` rounds (fewer if the driver's ``round_done`` returns False)."""
+        if max_rounds < 0:
+            raise ValueError(f"max_rounds must be >= 0, got {max_rounds}")
+        env = _Env(initial_time=self.config.start_s)
+        result = EngineResult()
+        state: dict = {}
+        proc = env.process(self._server(env, max_rounds, result, state))
+        try:
+            env.run(until=proc)
+        except RuntimeError as exc:
+            if proc.triggered or isinstance(exc, EngineError):
+                raise
+            rs: _Round = state["round"]
+            raise EngineError(
+                f"round {rs.r} can never close: {rs.n - rs.done} device(s) never finish "
+                "(zero throughput or never online) and no deadline is set"
+            ) from None
+        return result
+
+    # ------------------------------------------------------------------ server
+    def _select(self, r: int, t: float) -> tuple[float, np.ndarray]:
+        cfg = self.config
+        n = len(self.devices)
+        if cfg.participants is None:
+            return t, np.arange(n)
+        online = [i for i, d in enumerate(self.devices) if d.availability.is_online(t)]
+        if not online:
+            t = min(d.availability.next_online(t) for d in self.devices)
+            online = [i for i, d in enumerate(self.devices) if d.availability.is_online(t)]
+        return t, choose(cfg, r, np.asarray(online, dtype=np.int64))
+
+    def _server(self, env: _Env, max_rounds: int, result: EngineResult, state: dict):
+        cfg = self.config
+        slots = simpy.Resource(env, capacity=cfg.max_concurrent_transfers) if cfg.max_concurrent_transfers else None
+        t = cfg.start_s
+        for r in range(max_rounds):
+            log: list | None = [] if cfg.log_events else None
+            if log is not None:
+                log.append((t, 0, -1, r, "", "round_start", ""))
+            t_sel, chosen = self._select(r, t)
+            if t_sel > t:
+                yield env.at(t_sel)
+            ids = [self.devices[i].device_id for i in chosen]
+            plans = self.driver.plans(r, t_sel, ids)
+            check_plans(plans, r, ids)
+            rs = _Round(env, r, len(ids), cfg.quota(len(ids)), log)
+            state["round"] = rs
+            devs = []
+            for pos, i in enumerate(chosen.tolist()):
+                plan = plans[pos]
+                d = _Dev(i, self.devices[i], plan, self.cost.plan_cost(plan), t_sel)
+                if log is not None:
+                    log.append((t_sel, 1, i, r, d.trace.device_id, "select", f"p={plan.arm.p:g} r={plan.arm.r}"))
+                d.proc = env.process(self._device(env, d, rs, slots))
+                devs.append(d)
+            closers = [rs.all_done, rs.quota_hit]
+            if cfg.deadline_s is not None:
+                closers.append(env.at(t_sel + cfg.deadline_s))
+            yield env.any_of(closers)
+            yield env.at(env.now)  # let every event of this instant happen before closing
+            t_end = env.now
+            rs.closed = True
+            reason = "all" if rs.all_done.triggered else "quota" if rs.quota_hit.triggered else "deadline"
+            timings = self._close(devs, rs, r, t_end, reason, log)
+            rt = round_timing(r, t, t_sel, t_end, reason, timings)
+            if log is not None:
+                log.append((t_end, KIND_RANK["round_end"], -1, r, "", "round_end", f"reason={reason} ok={rt.n_ok}/{rt.n_selected}"))
+                result.events.extend(sorted_events(log))
+            result.timings.extend(timings)
+            result.rounds.append(rt)
+            t = t_end
+            if not self.driver.round_done(r, timings, rt.start_s, t_end):
+                break
+
+    def _close(self, devs: list[_Dev], rs: _Round, r: int, t_end: float, reason: str, log: list | None) -> list[DeviceTiming]:
+        finishers = sorted((d for d in devs if d.outcome is Outcome.OK), key=lambda d: (d.u_end, d.pos))
+        for d in finishers[rs.quota :]:
+            d.outcome = Outcome.STRAGGLER
+            if log is not None:
+                log.append((t_end, KIND_RANK["straggler"], d.pos, r, d.trace.device_id, "straggler", ""))
+        timings = []
+        for d in devs:
+            out = d.outcome
+            end = d.term
+            if out is None:
+                end = t_end
+                if d.ready != d.ready:  # nan: never came online
+                    out = Outcome.UNAVAILABLE
+                else:
+                    out = Outcome.LATE if reason == "deadline" else Outcome.STRAGGLER
+                d.outcome = out
+                if log is not None:
+                    kind = OUTCOME_EVENT[out]
+                    log.append((t_end, KIND_RANK[kind], d.pos, r, d.trace.device_id, kind, ""))
+                d.proc.interrupt("round closed")
+            elif out is Outcome.STRAGGLER:
+                end = t_end
+            pc = d.cost
+            timings.append(
+                DeviceTiming(
+                    r, d.trace.device_id, out, d.start, d.ready, d.dl_end, d.c_end, d.u_end, end,
+                    pc.flops, pc.down_bytes, pc.up_bytes, pc.memory_bytes,
+                )
+            )
+        return timings
+
+    # ------------------------------------------------------------------ devices
+    def _device(self, env: _Env, d: _Dev, rs: _Round, slots):
+        tr = d.trace
+        pc = d.cost
+        av = tr.availability
+        log = rs.log
+        r = rs.r
+        did = tr.device_id
+        try:
+            if self.config.availability == "end_instant":
+                yield from self._device_end_instant(env, d, rs)
+                return
+            ready = av.next_online(d.start)
+            if ready > d.start:
+                yield env.at(ready)
+            d.ready = ready
+            if log is not None:
+                log.append((ready, 2, d.pos, r, did, "online", ""))
+            off = av.offline_at(ready)
+            # download
+            if slots is None:
+                t = tr.down_bps.finish_time(ready + tr.latency_s, pc.down_bytes)
+                if t > off:
+                    yield env.at(off)
+                    return self._drop(d, rs, off)
+                if t > ready:
+                    yield env.until(t)
+            else:
+                t = yield from self._transfer(env, slots, tr.down_bps, tr.latency_s, pc.down_bytes, off)
+                if t is None:
+                    return self._drop(d, rs, off)
+            d.dl_end = t
+            if log is not None:
+                log.append((t, 3, d.pos, r, did, "download_end", ""))
+            if pc.memory_bytes > tr.ram_bytes:
+                d.term, d.outcome = t, Outcome.OOM
+                if log is not None:
+                    log.append((t, 4, d.pos, r, did, "oom", f"need={pc.memory_bytes:.0f}B ram={tr.ram_bytes:.0f}B"))
+                rs.terminal(False)
+                return
+            # compute
+            t0 = t
+            t = tr.compute_flops.finish_time(t0, pc.flops)
+            if t > off:
+                yield env.at(off)
+                return self._drop(d, rs, off)
+            if t > t0:
+                yield env.until(t)
+            d.c_end = t
+            if log is not None:
+                log.append((t, 5, d.pos, r, did, "compute_end", ""))
+            # upload
+            if slots is None:
+                t0 = t
+                t = tr.up_bps.finish_time(t0 + tr.latency_s, pc.up_bytes)
+                if t > off:
+                    yield env.at(off)
+                    return self._drop(d, rs, off)
+                if t > t0:
+                    yield env.until(t)
+            else:
+                t = yield from self._transfer(env, slots, tr.up_bps, tr.latency_s, pc.up_bytes, off)
+                if t is None:
+                    return self._drop(d, rs, off)
+            d.u_end = d.term = t
+            d.outcome = Outcome.OK
+            if log is not None:
+                log.append((t, 6, d.pos, r, did, "upload_end", ""))
+            rs.terminal(True)
+        except simpy.Interrupt:
+            return
+
+    def _drop(self, d: _Dev, rs: _Round, off: float) -> None:
+        d.term, d.outcome = off, Outcome.OFFLINE
+        if rs.log is not None:
+            rs.log.append((off, 7, d.pos, rs.r, d.trace.device_id, "offline", ""))
+        rs.terminal(False)
+
+    def _transfer(self, env: _Env, slots: simpy.Resource, series, latency_s: float, nbytes: float, off: float):
+        """Take a server transfer slot, then move ``nbytes``; the end time, or None if dropped."""
+        req = slots.request()
+        try:
+            if not req.triggered:
+                if off < INF:
+                    yield req | env.at(off)
+                else:
+                    yield req
+            if not req.triggered:
+                return None  # went offline while queued for a slot
+            start = env.now
+            end = series.finish_time(start + latency_s, nbytes)
+            if end > off:
+                yield env.at(off)
+                return None
+            if end > start:
+                yield env.until(end)
+            return end
+        finally:
+            if req.triggered:
+                slots.release(req)
+            else:
+                req.cancel()
+
+    def _device_end_instant(self, env: _Env, d: _Dev, rs: _Round):
+        """FedScale's availability rule: phases run back to back; only the end instant is checked."""
+        tr, pc, log, r, did = d.trace, d.cost, rs.log, rs.r, d.trace.device_id
+        d.ready = t = d.start
+        if log is not None:
+            log.append((t, 2, d.pos, r, did, "online", ""))
+        dl = tr.down_bps.finish_time(t + tr.latency_s, pc.down_bytes)
+        oom = pc.memory_bytes > tr.ram_bytes
+        if not oom:
+            ce = tr.compute_flops.finish_time(dl, pc.flops)
+            ue = tr.up_bps.finish_time(ce + tr.latency_s, pc.up_bytes)
+            if not tr.availability.is_online(ue):
+                return self._drop(d, rs, d.start)
+        if dl > t:
+            yield env.until(dl)
+        d.dl_end = dl
+        if log is not None:
+            log.append((dl, 3, d.pos, r, did, "download_end", ""))
+        if oom:
+            d.term, d.outcome = dl, Outcome.OOM
+            if log is not None:
+                log.append((dl, 4, d.pos, r, did, "oom", f"need={pc.memory_bytes:.0f}B ram={tr.ram_bytes:.0f}B"))
+            rs.terminal(False)
+            return
+        if ce > dl:
+            yield env.until(ce)
+        d.c_end = ce
+        if log is not None:
+            log.append((ce, 5, d.pos, r, did, "compute_end", ""))
+        if ue > ce:
+            yield env.until(ue)
+        d.u_end = d.term = ue
+        d.outcome = Outcome.OK
+        if log is not None:
+            log.append((ue, 6, d.pos, r, did, "upload_end", ""))
+        rs.terminal(True)
+
+
+class FixedPlanDriver:
+    """Timing-only driver: every device plays one fixed arm; nominal sparsity follows ``next_sparsity``.
+
+    A device's sparsity advances only when its round ends OK (its pruned update was accepted);
+    otherwise it retries from the same sparsity. ``arms`` overrides the arm per device id.
+    """
+
+    def __init__(
+        self,
+        arm: Arm,
+        s_star: float,
+        local_iters: int,
+        tau: int,
+        s_start: float = 0.0,
+        arms: Mapping[str, Arm] | None = None,
+    ) -> None:
+        if not (0.0 <= s_start <= s_star < 1.0):
+            raise ValueError(f"FixedPlanDriver: need 0 <= s_start <= s_star < 1, got s_start={s_start}, s_star={s_star}")
+        if local_iters < 1 or tau < 1:
+            raise ValueError(f"FixedPlanDriver: local_iters and tau must be >= 1, got {local_iters}, {tau}")
+        self.arm, self.s_star, self.local_iters, self.tau, self.s_start = arm, s_star, local_iters, tau, s_start
+        self.arms = dict(arms or {})
+        self.sparsity: dict[str, float] = {}
+        self._pending: dict[str, float] = {}
+
+    def plans(self, round: int, now_s: float, device_ids: list[str]) -> list[Plan]:
+        out = []
+        pending = self._pending
+        pending.clear()
+        for did in device_ids:
+            arm = self.arms.get(did, self.arm)
+            sb = self.sparsity.get(did, self.s_start)
+            sa = next_sparsity(sb, arm.p, self.s_star)
+            pending[did] = sa
+            out.append(Plan(round, did, arm, sb, sa, self.local_iters, self.tau))
+        return out
+
+    def round_done(self, round: int, timings: list[DeviceTiming], start_s: float, end_s: float) -> bool:
+        for t in timings:
+            if t.outcome is Outcome.OK:
+                self.sparsity[t.device_id] = self._pending[t.device_id]
+        return True

@@ -1,0 +1,195 @@
+"""``phones``: a cross-device population of smartphones, built from public measurement summaries.
+
+Every number is a summary computed once from a public data set (sources and licences in
+``traces/SCHEMA.md``); the data themselves are not embedded:
+
+- **compute**: each phone gets an AI-Benchmark score drawn from the 2019 ranking's distribution
+  (333 phones, via FLASH's ``raw_ai_benchmark_list.json``; quantile table below). Score → FLOP/s
+  is a log-log fit through FLASH's *measured on-device training times* of its three phones
+  (Nexus S, Redmi Note 7 Pro, Pixel 4; LEAF FEMNIST CNN, per-batch ms), whose FLOPs per batch are
+  computed from the CNN's shapes (batch 10, training ≈ 3 × forward). Constant over time.
+- **RAM**: drawn jointly with the score through a Gaussian copula (rank correlation 0.877 in the
+  same 333 phones); RAM table = the phones' RAM counts.
+- **network**: a share of phones (``cellular_share``) is on cellular, the rest on Wi-Fi.
+  Wi-Fi: per-device mean down/up from FLASH ``speed_distri.json`` quantiles, per-slot
+  Normal(mean, cv·mean) (FLASH's sampling). Cellular: per-second downlink series with the
+  marginal distribution of 5Gophers' single-connection runs and their lag-1 persistence
+  (Gaussian-copula AR(1)); uplink = downlink × ``cellular_up_ratio`` (5Gophers has no uplink;
+  0.16 is the up/down ratio of Mahimahi's AT&T LTE traces). Latency: Wi-Fi uniform 5–25 ms
+  (assumption); cellular = half a 5Gophers RTT drawn from its quantiles.
+- **availability**: diurnal sessions over a one-day period. Online share per phone ~ Beta with mean
+  0.408 and 1 + Poisson(1/3) sessions per day, the rate of FedScale's behaviour-trace example entry
+  (211,625 s online in 8 sessions over its 6-day cycle); 60 % of sessions start in the 21:00–03:00
+  charging window (FLASH/FedScale count a phone available while charging), the rest uniformly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from simfed.timing.generators._sampling import (
+    LEVELS_5PCT,
+    ar1_uniforms,
+    copula_uniforms,
+    from_categories,
+    from_quantiles,
+    positive_normal,
+)
+from simfed.timing.generators.fedspine_testbed import (
+    FLASH_DOWN_CV,
+    FLASH_DOWN_KBPS_Q,
+    FLASH_DOWN_UP_SPEARMAN,
+    FLASH_UP_CV,
+    FLASH_UP_KBPS_Q,
+)
+from simfed.timing.traces import Availability, DeviceTrace, Population, Series
+
+NAME = "phones"
+DAY_S = 86400.0
+
+# AI-Benchmark AI_Score of 333 phones (2019 ranking, via FLASH raw_ai_benchmark_list.json), 0..100 % by 5 %.
+AI_SCORE_Q = [212.0, 518.2, 690.8, 851.8, 1059.2, 1775.0, 2588.0, 3149.2, 3849.0, 4466.2, 5063.0,
+              5929.4, 6367.2, 7660.0, 10835.2, 18306.0, 22910.8, 25871.8, 26844.4, 31621.2, 76206.0]  # fmt: skip
+# RAM of the same phones: GB value -> number of phones; and the Gaussian-copula correlation of (score, RAM)
+# (Spearman 0.877 -> 2 sin(pi * 0.877 / 6) = 0.886).
+RAM_GB_COUNTS = {0.5: 10, 0.75: 4, 1.0: 40, 1.5: 7, 2.0: 18, 3.0: 13, 4.0: 96, 6.0: 78, 8.0: 57, 10.0: 1, 12.0: 9}
+SCORE_RAM_COPULA_RHO = 0.886
+
+# FLASH's measured training time per batch of the LEAF FEMNIST CNN (ms) and the phones' AI_Score.
+FLASH_TRAIN_ANCHORS = [("Google Nexus S", 383.0, 1642.0), ("Xiaomi Redmi Note 7 Pro", 6702.0, 588.0), ("Google Pixel 4", 33289.0, 179.0)]
+FEMNIST_BATCH = 10  # LEAF's default FEMNIST batch size (assumption: FLASH's measurement used it)
+
+# 5Gophers 01-Throughput, single-TCP-connection runs (Sprint/T-Mobile/Verizon, 1 Hz), Mbit/s by 5 %.
+CELL_MBPS_Q = [0.0, 7.63, 11.84, 18.54, 23.7, 31.44, 38.47, 46.8, 59.75, 85.38, 146.81,
+               178.25, 188.74, 199.23, 209.74, 230.68, 293.61, 367.01, 429.91, 471.84, 545.27]  # fmt: skip
+CELL_LAG1 = 0.957  # median lag-1 autocorrelation of log throughput within a run
+# 5Gophers 02-Round-Trip-Times, RTT in ms by 5 %.
+CELL_RTT_MS_Q = [24.2, 36.4, 40.0, 43.9, 49.1, 58.8, 69.0, 75.4, 79.2, 82.0, 84.6,
+                 86.5, 89.1, 92.0, 95.6, 99.0, 103.8, 113.0, 140.2, 164.5, 180.0]  # fmt: skip
+
+
+def femnist_cnn_train_flops_per_sample() -> float:
+    """Training FLOPs of one sample through LEAF's FEMNIST CNN (28×28×1 input, 62 classes).
+
+    conv 5×5×32 (same) → pool 2 → conv 5×5×64 (same) → pool 2 → dense 2048 → dense 62;
+    2 FLOPs per multiply-add, training ≈ 3 × forward (forward + backward to inputs and weights).
+    """
+    macs = 28 * 28 * 32 * 5 * 5 * 1 + 14 * 14 * 64 * 5 * 5 * 32 + 7 * 7 * 64 * 2048 + 2048 * 62
+    return 3.0 * 2.0 * macs
+
+
+def score_to_flops_fit() -> tuple[float, float]:
+    """Least-squares fit ``log(flops) = a + b log(score)`` through FLASH's three measured phones."""
+    per_batch = femnist_cnn_train_flops_per_sample() * FEMNIST_BATCH
+    s = np.log([a[1] for a in FLASH_TRAIN_ANCHORS])
+    f = np.log([per_batch / (a[2] / 1000.0) for a in FLASH_TRAIN_ANCHORS])
+    b, a = np.polyfit(s, f, 1)
+    return float(a), float(b)
+
+
+def diurnal_sessions(rng: np.random.Generator, share: float, n_sessions: int) -> tuple[list[float], list[float]]:
+    """Online intervals of one day on a one-minute grid (sessions may wrap past midnight)."""
+    minutes = 1440
+    online = np.zeros(minutes, dtype=bool)
+    lengths = np.maximum(1, np.round(rng.dirichlet(np.ones(n_sessions)) * share * minutes)).astype(int)
+    night = rng.random(n_sessions) < 0.6
+    starts = np.where(night, (21 * 60 + rng.integers(0, 6 * 60, n_sessions)) % minutes, rng.integers(0, minutes, n_sessions))
+    for s, n in zip(starts, lengths):
+        online[(s + np.arange(n)) % minutes] = True
+    edges = np.diff(np.concatenate([[0], online.astype(np.int8), [0]]))
+    on_starts = np.flatnonzero(edges == 1) * 60.0
+    on_ends = np.flatnonzero(edges == -1) * 60.0
+    return on_starts.tolist(), on_ends.tolist()
+
+
+def generate(
+    n_devices: int | None = None,
+    seed: int = 0,
+    duration_s: float = 3600.0,
+    *,
+    slot_s: float = 60.0,
+    cellular_share: float = 0.25,
+    cellular_period_s: float = 600.0,
+    cellular_up_ratio: float = 0.16,
+    mean_online_share: float = 0.408,
+    sessions_per_day: float = 8 / 6,
+    availability: bool = True,
+) -> Population:
+    """Build ``n_devices`` phones (default 1,000). Wi-Fi series are ``duration_s`` long in ``slot_s`` slots."""
+    n = 1000 if n_devices is None else int(n_devices)
+    if n < 1:
+        raise ValueError(f"phones: n_devices must be >= 1, got {n_devices!r}")
+    if not (0 <= cellular_share <= 1):
+        raise ValueError(f"phones: cellular_share must be in [0, 1], got {cellular_share!r}")
+    if not (0 < mean_online_share < 1):
+        raise ValueError(f"phones: mean_online_share must be in (0, 1), got {mean_online_share!r}")
+    n_slots = int(round(duration_s / slot_s))
+    if n_slots < 1:
+        raise ValueError(f"phones: duration_s {duration_s} must be at least one slot of {slot_s} s")
+    rng = np.random.default_rng(seed)
+
+    u_score, u_ram = copula_uniforms(rng, n, SCORE_RAM_COPULA_RHO)
+    score = from_quantiles(u_score, AI_SCORE_Q, LEVELS_5PCT, log=True)
+    ram_bytes = from_categories(u_ram, list(RAM_GB_COUNTS), list(RAM_GB_COUNTS.values())) * 1024**3
+    a, b = score_to_flops_fit()
+    flops = np.exp(a + b * np.log(score))
+
+    cellular = rng.random(n) < cellular_share
+    u_down, u_up = copula_uniforms(rng, n, 2 * np.sin(np.pi * FLASH_DOWN_UP_SPEARMAN / 6))
+    down_mean = from_quantiles(u_down, FLASH_DOWN_KBPS_Q, LEVELS_5PCT, log=True) * 1024.0
+    up_mean = from_quantiles(u_up, FLASH_UP_KBPS_Q, LEVELS_5PCT, log=True) * 1024.0
+    wifi_times = np.arange(n_slots) * slot_s
+    n_cell_steps = int(round(cellular_period_s))
+    cell_times = np.arange(n_cell_steps, dtype=float)
+    n_cell = int(cellular.sum())
+    cell_down = from_quantiles(ar1_uniforms(rng, n_cell, n_cell_steps, CELL_LAG1), CELL_MBPS_Q) * 1e6 / 8 if n_cell else None
+    rtt_ms = from_quantiles(rng.random(n), CELL_RTT_MS_Q)
+    wifi_latency = rng.uniform(0.005, 0.025, n)
+    share_conc = 5.0  # Beta concentration (assumption): individual shares spread around the mean
+    shares = rng.beta(mean_online_share * share_conc, (1 - mean_online_share) * share_conc, n)
+    n_sessions = 1 + rng.poisson(max(sessions_per_day - 1.0, 0.0), n)
+
+    devices = []
+    c = 0
+    for i in range(n):
+        if cellular[i]:
+            down = Series.make(cell_times, cell_down[c], cellular_period_s)
+            up = Series.make(cell_times, cell_down[c] * cellular_up_ratio, cellular_period_s)
+            latency = rtt_ms[i] / 2000.0
+            dtype = "phone-cellular"
+            c += 1
+        else:
+            down = Series.make(wifi_times, positive_normal(rng, np.full(n_slots, down_mean[i]), FLASH_DOWN_CV * down_mean[i]), duration_s)
+            up = Series.make(wifi_times, positive_normal(rng, np.full(n_slots, up_mean[i]), FLASH_UP_CV * up_mean[i]), duration_s)
+            latency = float(wifi_latency[i])
+            dtype = "phone-wifi"
+        if availability:
+            starts, ends = diurnal_sessions(rng, float(shares[i]), int(n_sessions[i]))
+            avail = Availability.make(starts, ends, DAY_S, where=f"{NAME} device {i}")
+        else:
+            avail = Availability.always()
+        devices.append(
+            DeviceTrace(
+                device_id=f"phone-{i:05d}",
+                device_type=dtype,
+                compute_flops=Series.constant(float(flops[i])),
+                down_bps=down,
+                up_bps=up,
+                latency_s=float(latency),
+                ram_bytes=float(ram_bytes[i]),
+                availability=avail,
+            )
+        )
+    meta = {
+        "generator": NAME,
+        "seed": seed,
+        "n_devices": n,
+        "params": {
+            "duration_s": duration_s, "slot_s": slot_s, "cellular_share": cellular_share,
+            "cellular_period_s": cellular_period_s, "cellular_up_ratio": cellular_up_ratio,
+            "mean_online_share": mean_online_share, "sessions_per_day": sessions_per_day, "availability": availability,
+        },  # fmt: skip
+        "score_to_flops": {"log_a": a, "b": b},
+        "sources": "traces/SCHEMA.md#phones",
+    }
+    return Population(tuple(devices), meta)

@@ -1,0 +1,250 @@
+"""Vectorised replay of many devices' traces at once (the timing engine's numpy fast path).
+
+:class:`simfed.timing.traces.Series` answers "when does this transfer / this computation end?"
+exactly for one device with cumulative sums and a binary search. A timing-only run of 10^4–10^5
+devices (DESIGN.md §7) asks the same question for every device of a round; doing it in a Python
+loop costs microseconds per device. Here all devices' arrays are concatenated with offsets and the
+binary search runs for every query at once (a *segmented* bisection: each query searches only its
+own device's slice, all queries advance one halving step per numpy operation).
+
+The arithmetic replicates the scalar code operation for operation (same phase wrapping via
+:func:`~simfed.timing.traces.wrap_time`, same bisect sides, same evaluation order), so packed and
+scalar answers are equal, not just close. Cyclic repetition past the period, zero-rate segments and
+all-zero series (finish time ``inf``) behave as in the scalar replay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from simfed.timing.traces import Availability, Population, Series
+
+__all__ = ["PackedSeries", "PackedAvailability", "PackedPopulation"]
+
+
+def _segmented_bisect(arr: np.ndarray, lo: np.ndarray, hi: np.ndarray, x: np.ndarray, *, right: bool) -> np.ndarray:
+    """``bisect.bisect_right``/``bisect_left`` of ``x[q]`` in ``arr[lo[q]:hi[q]]`` for every query ``q``.
+
+    Returns absolute indices into ``arr`` (in ``[lo, hi]``). ``O(log max_len)`` numpy passes.
+    """
+    lo = lo.astype(np.int64, copy=True)
+    hi = hi.astype(np.int64, copy=True)
+    if arr.size == 0:
+        return lo
+    last = arr.size - 1
+    active = lo < hi
+    while active.any():
+        mid = (lo + hi) >> 1
+        probe = arr[np.minimum(mid, last)]
+        go_right = (probe <= x) if right else (probe < x)
+        lo = np.where(active & go_right, mid + 1, lo)
+        hi = np.where(active & ~go_right, mid, hi)
+        active = lo < hi
+    return lo
+
+
+def _wrap(t: np.ndarray, period_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised :func:`simfed.timing.traces.wrap_time` (periods as floats)."""
+    with np.errstate(invalid="ignore"):
+        k = np.floor(t / period_s)
+        u = t - k * period_s
+    below = u < 0.0
+    above = u >= period_s
+    u = np.where(below | above, 0.0, u)
+    k = np.where(above, k + 1.0, k)
+    return k, u
+
+
+@dataclass(frozen=True, eq=False)
+class PackedSeries:
+    """Many :class:`Series` concatenated; query ``i`` refers to series ``idx[i]`` of the input list."""
+
+    times_s: np.ndarray  # all breakpoints, series after series
+    values: np.ndarray  # the rate on each breakpoint's segment
+    cum: np.ndarray  # each series' cumulative sums (n+1 entries per series), concatenated
+    t_start: np.ndarray  # series d's breakpoints are times_s[t_start[d]:t_start[d] + n[d]]
+    n: np.ndarray
+    c_start: np.ndarray  # series d's cumulative sums are cum[c_start[d]:c_start[d] + n[d] + 1]
+    period_s: np.ndarray
+    total_per_period: np.ndarray
+
+    @classmethod
+    def from_series(cls, series: Sequence[Series]) -> "PackedSeries":
+        if len(series) == 0:
+            raise ValueError("PackedSeries needs at least one series")
+        n = np.array([s.times_s.size for s in series], dtype=np.int64)
+        t_start = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64)
+        c_start = t_start + np.arange(len(series), dtype=np.int64)
+        times = np.concatenate([np.asarray(s._times, dtype=float) for s in series])
+        values = np.concatenate([np.asarray(s._vals, dtype=float) for s in series])
+        cum = np.concatenate([np.asarray(s._cum, dtype=float) for s in series])
+        period = np.array([s.period_s for s in series], dtype=float)
+        total = cum[c_start + n]
+        return cls(times, values, cum, t_start, n, c_start, period, total)
+
+    def __len__(self) -> int:
+        return int(self.n.size)
+
+    def mean(self) -> np.ndarray:
+        """Each series' mean rate over its period."""
+        return self.total_per_period / self.period_s
+
+    def _segment(self, idx: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Absolute index of the segment holding phase ``u`` (``bisect_right(times, u) - 1``)."""
+        ts = self.t_start[idx]
+        i = _segmented_bisect(self.times_s, ts, ts + self.n[idx], u, right=True) - 1
+        return np.maximum(i, ts)  # u >= 0 == first time, so only a defensive clamp
+
+    def rate_at(self, idx, t) -> np.ndarray:
+        idx, t = np.broadcast_arrays(np.asarray(idx, dtype=np.int64), np.asarray(t, dtype=float))
+        _, u = _wrap(t, self.period_s[idx])
+        return self.values[self._segment(idx, u)]
+
+    def cumulative(self, idx, t) -> np.ndarray:
+        """Amount done from 0 to ``t`` by series ``idx`` (cycling past the period)."""
+        idx, t = np.broadcast_arrays(np.asarray(idx, dtype=np.int64), np.asarray(t, dtype=float))
+        k, u = _wrap(t, self.period_s[idx])
+        i = self._segment(idx, u)
+        ci = self.c_start[idx] + (i - self.t_start[idx])
+        out = k * self.total_per_period[idx] + self.cum[ci] + self.values[i] * (u - self.times_s[i])
+        return np.where(t <= 0, 0.0, out)
+
+    def amount(self, idx, t0, t1) -> np.ndarray:
+        """Amount done between ``t0`` and ``t1`` (FLOPs or bytes), per query."""
+        return self.cumulative(idx, t1) - self.cumulative(idx, t0)
+
+    def finish_time(self, idx, t0, amount) -> np.ndarray:
+        """When ``amount`` started at ``t0`` on series ``idx`` completes; ``inf`` if never."""
+        idx, t0, amount = np.broadcast_arrays(
+            np.asarray(idx, dtype=np.int64), np.asarray(t0, dtype=float), np.asarray(amount, dtype=float)
+        )
+        out = np.array(t0, dtype=float, copy=True)
+        total_all = self.total_per_period[idx]
+        never = (amount > 0) & (total_all <= 0)
+        out[never] = np.inf
+        q = np.flatnonzero((amount > 0) & (total_all > 0))
+        if q.size == 0:
+            return out
+        d = idx[q]
+        total = total_all[q]
+        target = self.cumulative(d, t0[q]) + amount[q]
+        k = np.floor(target / total)
+        rem = target - k * total
+        boundary = rem <= 0.0  # lands exactly on a period boundary: the earliest such time
+        k = np.where(boundary, k - 1.0, k)
+        rem = np.where(boundary | (rem > total), total, rem)
+        cs = self.c_start[d]
+        j = _segmented_bisect(self.cum, cs, cs + self.n[d] + 1, rem, right=False)
+        i_local = np.minimum(j - cs - 1, self.n[d] - 1)
+        i = self.t_start[d] + i_local
+        out[q] = k * self.period_s[d] + self.times_s[i] + (rem - self.cum[cs + i_local]) / self.values[i]
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class PackedAvailability:
+    """Many :class:`Availability` concatenated, with vectorised ``is_online``/``next_online``/``offline_at``."""
+
+    starts: np.ndarray
+    ends: np.ndarray
+    s_start: np.ndarray  # device d's intervals are starts[s_start[d]:s_start[d] + n[d]]
+    n: np.ndarray
+    period_s: np.ndarray  # 1.0 placeholder where always (masked)
+    always: np.ndarray  # bool: never goes offline
+    wraps: np.ndarray  # bool: the last interval ends at the period and the first starts at 0 (one session)
+
+    @classmethod
+    def from_availabilities(cls, avails: Sequence[Availability]) -> "PackedAvailability":
+        if len(avails) == 0:
+            raise ValueError("PackedAvailability needs at least one device")
+        always = np.array([a.is_always for a in avails], dtype=bool)
+        n = np.array([0 if a.is_always else len(a.starts) for a in avails], dtype=np.int64)
+        s_start = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64)
+        starts = np.array([x for a in avails if not a.is_always for x in a.starts], dtype=float)
+        ends = np.array([x for a in avails if not a.is_always for x in a.ends], dtype=float)
+        period = np.array([1.0 if a.is_always else a.period_s for a in avails], dtype=float)
+        wraps = np.array(
+            [(not a.is_always) and a.ends[-1] == a.period_s and a.starts[0] == 0.0 for a in avails], dtype=bool
+        )
+        return cls(starts, ends, s_start, n, period, always, wraps)
+
+    def __len__(self) -> int:
+        return int(self.n.size)
+
+    def _locate(self, idx: np.ndarray, t: np.ndarray):
+        k, u = _wrap(t, self.period_s[idx])
+        ss = self.s_start[idx]
+        i = _segmented_bisect(self.starts, ss, ss + self.n[idx], u, right=True) - 1
+        safe_i = np.clip(i, 0, max(self.ends.size - 1, 0))
+        inside = (~self.always[idx]) & (i >= ss) & (u < (self.ends[safe_i] if self.ends.size else u))
+        online = self.always[idx] | inside
+        return k, u, i, online
+
+    def is_online(self, idx, t) -> np.ndarray:
+        idx, t = np.broadcast_arrays(np.asarray(idx, dtype=np.int64), np.asarray(t, dtype=float))
+        return self._locate(idx, t)[3]
+
+    def next_online(self, idx, t) -> np.ndarray:
+        """The earliest time >= ``t`` at which each queried device is online."""
+        idx, t = np.broadcast_arrays(np.asarray(idx, dtype=np.int64), np.asarray(t, dtype=float))
+        k, _, i, online = self._locate(idx, t)
+        out = np.array(t, dtype=float, copy=True)
+        q = np.flatnonzero(~online)
+        if q.size:
+            d = idx[q]
+            p = self.period_s[d]
+            has_next = i[q] + 1 < self.s_start[d] + self.n[d]
+            nxt = np.where(has_next, i[q] + 1, self.s_start[d])
+            out[q] = np.where(has_next, k[q] * p, (k[q] + 1.0) * p) + self.starts[nxt]
+        return out
+
+    def offline_at(self, idx, t) -> np.ndarray:
+        """When each queried device, online at ``t``, next goes offline (``t`` if offline, ``inf`` if never)."""
+        idx, t = np.broadcast_arrays(np.asarray(idx, dtype=np.int64), np.asarray(t, dtype=float))
+        k, _, i, online = self._locate(idx, t)
+        out = np.array(t, dtype=float, copy=True)
+        out[self.always[idx]] = np.inf
+        q = np.flatnonzero(online & ~self.always[idx])
+        if q.size:
+            d = idx[q]
+            p = self.period_s[d]
+            first = self.s_start[d]
+            at_last = i[q] == first + self.n[d] - 1
+            wrap = at_last & self.wraps[d]
+            end = np.where(wrap, (k[q] + 1.0) * p + self.ends[first], k[q] * p + self.ends[i[q]])
+            out[q] = np.where(wrap & (self.n[d] == 1), np.inf, end)
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class PackedPopulation:
+    """A :class:`Population` as arrays: position ``i`` is ``population.devices[i]``."""
+
+    device_ids: tuple[str, ...]
+    device_types: np.ndarray  # str
+    compute_flops: PackedSeries  # FLOP/s
+    down_bps: PackedSeries  # bytes/s
+    up_bps: PackedSeries  # bytes/s
+    latency_s: np.ndarray
+    ram_bytes: np.ndarray
+    availability: PackedAvailability
+
+    @classmethod
+    def from_population(cls, population: Population) -> "PackedPopulation":
+        devs = population.devices
+        return cls(
+            device_ids=tuple(d.device_id for d in devs),
+            device_types=np.array([d.device_type for d in devs], dtype=object),
+            compute_flops=PackedSeries.from_series([d.compute_flops for d in devs]),
+            down_bps=PackedSeries.from_series([d.down_bps for d in devs]),
+            up_bps=PackedSeries.from_series([d.up_bps for d in devs]),
+            latency_s=np.array([d.latency_s for d in devs], dtype=float),
+            ram_bytes=np.array([d.ram_bytes for d in devs], dtype=float),
+            availability=PackedAvailability.from_availabilities([d.availability for d in devs]),
+        )
+
+    def __len__(self) -> int:
+        return len(self.device_ids)
