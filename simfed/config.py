@@ -80,6 +80,7 @@ class PolicyConfig:
     r_max: int = 32  # largest LoRA rank
     rank: int = 8  # the one rank of single-rank methods (prune-then-tune, uniform, fedmp)
     params: dict = field(default_factory=dict)  # extra keyword arguments for the policy (e.g. gamma)
+    method_params: dict = field(default_factory=dict)  # recipe parameters (rounds_to_target, ranks_by_type, n_p)
     reward: dict = field(default_factory=dict)  # reward weights (names as in simfed.decisions.reward)
 
 
@@ -106,6 +107,7 @@ class RunConfig:
     s_star: float = 0.5  # target sparsity every device ends at
     rounds: int = 50
     target_accuracy: float = 0.0  # for time-to-target (0 = report none)
+    torch_threads: int = 1  # PyTorch CPU threads in full mode (1: fastest on a shared machine; 0: torch's default)
     traces: TracesConfig = field(default_factory=TracesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -185,6 +187,7 @@ def _validate(cfg: RunConfig) -> None:
     need(cfg.seed >= 0, "seed", "must be >= 0", cfg.seed)
     need(0.0 <= cfg.s_star < 1.0, "s_star", "must be in [0, 1)", cfg.s_star)
     need(cfg.rounds >= 1, "rounds", "must be >= 1", cfg.rounds)
+    need(cfg.torch_threads >= 0, "torch_threads", "must be >= 0 (0 = torch's default)", cfg.torch_threads)
     need(0.0 <= cfg.target_accuracy <= 1.0, "target_accuracy", "must be in [0, 1]", cfg.target_accuracy)
     t = cfg.traces
     need(bool(t.dir) != bool(t.generator), "traces", "needs exactly one of traces.dir and traces.generator",
@@ -269,7 +272,7 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
     if parts[0] == "sweep" and parts[-1] == "grid":
         raise ConfigError(f"{key}: set grid entries one by one (sweep.grid.KEY=[...])")
     # keys inside free tables (policy.params, sweep.grid) may themselves contain dots: keep the rest whole
-    for free in (("policy", "params"), ("policy", "reward"), ("traces", "generator_args"), ("sweep", "grid")):
+    for free in (("policy", "params"), ("policy", "method_params"), ("policy", "reward"), ("traces", "generator_args"), ("sweep", "grid")):
         if tuple(parts[: len(free)]) == free and len(parts) > len(free) + 1:
             node = data
             for part in free:

@@ -10,8 +10,9 @@ Environments (each defines the mean reward μ_t(arm) ∈ [0, 1] of every arm at 
 * ``abrupt``: piecewise-stationary Lipschitz bumps; the optimum jumps to a new random u* at
   ``n_changes`` evenly spaced change points (Garivier & Moulines' abruptly changing setting).
 * ``adversarial``: an oblivious adversary: arms with u_p < ½ pay 1 and the others 0, swapped at the end
-  of each block; block lengths double (2, 4, 8, …), the sequence that defeats index policies that trust
-  their history. Rewards are these deterministic values (no noise).
+  of each block; block lengths double (2, 4, 8, …), so no fixed arm is good for long and the best
+  fixed arm in hindsight is only slightly better than half. Rewards are these deterministic values
+  (no noise). Policies that track the switches can have negative regret against the best fixed arm.
 
 Observed rewards are μ_t(arm) plus noise shared by all policies at a step (common random numbers):
 ``gaussian`` (σ = 0.1, clipped to [0, 1]) or ``bernoulli`` (1 if U_t < μ_t(arm)).

@@ -120,9 +120,10 @@ class ServerLoop:
     # ---------------------------------------------------------------- RoundDriver
     def plans(self, round: int, now_s: float, device_ids: list[str]) -> list[Plan]:
         if round < self.state.rounds_done:  # replaying a finished round
-            plans = self.state.plans[round]
-            if sorted(p.device_id for p in plans) != sorted(device_ids):
+            recorded = {p.device_id: p for p in self.state.plans[round]}
+            if sorted(recorded) != sorted(device_ids):
                 raise RuntimeError(f"resume: the engine selected other devices in round {round} than the checkpoint")
+            plans = [recorded[d] for d in device_ids]
         else:
             if self.on_round_start is not None:
                 self.on_round_start(now_s)

@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ import numpy as np
 from simfed import config as config_mod
 from simfed.config import RunConfig
 from simfed.experiments.loop import LoopState, ServerLoop
-from simfed.experiments.outputs import RunDir
+from simfed.experiments.outputs import RunDir, json_safe
 from simfed.timing.traces import Population
 
 
@@ -201,3 +202,187 @@ def run_config(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, fr
     rd.write_wall({"wall_s": time.perf_counter() - t0, "resumed_from_round": session.resumed_from,
                    "host": platform.node(), "pid": os.getpid()})
     return summary
+
+
+class Session:
+    """One run being executed: the layers' objects, the loop, checkpoints and the results."""
+
+    def __init__(self, cfg: RunConfig, rd: RunDir, *, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.rd = rd
+        self.progress = progress
+        self.text = _config_text(cfg)
+        self.resumed_from = 0
+        self.shared: dict[str, Any] = {}
+        self._bar = None
+
+    # ------------------------------------------------------------------ building
+    def _learner(self, method: Any, device_ids: list[str]) -> Any:
+        from simfed.experiments.learner import FullLearner
+
+        trainer, aggregator = build_training(self.cfg, method, device_ids, self.shared)
+        return FullLearner(trainer, aggregator, device_ids)
+
+    def _checkpoint(self, loop: ServerLoop) -> None:
+        from simfed.experiments.learner import dumps_state
+
+        state = {"config": self.text, "loop": loop.state, "policy": loop.policy}
+        if loop.learner is not None:
+            state["trainer"] = loop.learner.trainer
+            state["aggregator"] = loop.learner.aggregator
+        self.rd.save_checkpoint(dumps_state(state, self.shared))
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def _restore(self) -> dict | None:
+        from simfed.experiments.learner import loads_state
+
+        if not self.rd.has_checkpoint():
+            return None
+        state = loads_state(self.rd.load_checkpoint(), self.shared)
+        if state.get("config") != self.text:
+            raise RunError(f"{self.rd.path}: the checkpoint belongs to another config; use --fresh to discard it")
+        return state
+
+    # ------------------------------------------------------------------ running
+    def run(self) -> dict:
+        if self.cfg.mode != "full" or self.cfg.torch_threads == 0:
+            return self._run()
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.cfg.torch_threads)
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(before)
+
+    def _run(self) -> dict:
+        from tqdm import tqdm
+
+        from simfed.decisions.reward import RewardWeights
+        from simfed.timing.engine import Engine, EngineConfig
+
+        cfg = self.cfg
+        population = load_population(cfg)
+        cost = build_cost(cfg)
+        device_ids = sorted(d.device_id for d in population.devices)
+        types = {d.device_id: d.device_type for d in population.devices}
+        predictor = TracePredictor(population, cost, cfg.s_star, cfg.train.local_iters, cfg.train.tau)
+        self.shared.update({"population": population, "predictor": predictor, "cost": cost})
+        method = resolve_method(cfg, population, predictor)
+        learner = self._learner(method, device_ids) if cfg.mode == "full" else None
+        policy = method.policy
+        state = None
+        restored = self._restore()
+        if restored is not None:
+            state, policy = restored["loop"], restored["policy"]
+            if learner is not None:
+                learner.trainer, learner.aggregator = restored["trainer"], restored["aggregator"]
+            self.resumed_from = state.rounds_done
+        weights = dict(cfg.policy.reward)
+        weights.setdefault("rank_ref", cfg.policy.r_max)
+        try:
+            reward_weights = RewardWeights.from_dict(weights)
+        except (TypeError, ValueError) as exc:
+            raise config_mod.ConfigError(f"policy.reward: {exc}") from None
+        loop = ServerLoop(
+            device_types=types, policy=policy, prune_mode=method.prune_mode, s_star=cfg.s_star,
+            local_iters=cfg.train.local_iters, tau=cfg.train.tau, rounds=cfg.rounds,
+            eval_every=cfg.train.eval_every, reward_weights=reward_weights, learner=learner,
+            on_round_end=self._checkpoint, on_round_start=_NowSetter(predictor), state=state,
+        )
+        e = cfg.engine
+        engine_cfg = EngineConfig(
+            participants=e.participants or None, overcommit=e.overcommit, deadline_s=e.deadline_s or None,
+            max_concurrent_transfers=e.max_concurrent_transfers or None, seed=cfg.seed,
+        )
+        engine = Engine(population, cost, engine_cfg, loop)
+        with tqdm(total=cfg.rounds, initial=self.resumed_from, disable=not self.progress, unit="round",
+                  desc=f"{cfg.method} s{cfg.seed}", leave=False) as bar:
+            self._bar = bar
+            result = engine.run(cfg.rounds)
+            self._bar = None
+        final = loop.finish()
+        summary = summarise(cfg, loop, final, cost, len(population))
+        events = [{"time_s": ev.time_s, "round": ev.round, "device_id": ev.device_id, "kind": ev.kind,
+                   "detail": ev.detail} for ev in result.events]
+        self.rd.write_results(events, loop.state.round_rows, loop.state.device_rows, summary)
+        return json_safe(summary)
+
+
+class _NowSetter:
+    """Tells the oracle's predictor when the round starts (it binds the start time of its forecasts)."""
+
+    def __init__(self, predictor: TracePredictor) -> None:
+        self.predictor = predictor
+
+    def __call__(self, now_s: float) -> None:
+        self.predictor.now_s = now_s
+
+
+@dataclass
+class ResolvedMethod:
+    """A method's recipe as the loop needs it, with the policy built for this run's devices."""
+
+    name: str
+    prune_mode: str
+    importance: str
+    aggregator: str
+    policy: Any
+
+
+def resolve_method(cfg: RunConfig, population: Population, predictor: TracePredictor) -> ResolvedMethod:
+    """The method's recipe and its policy; errors name the config key."""
+    from simfed.decisions.arms import ArmSpace
+    from simfed.decisions.methods import build_policy, get_method
+
+    try:
+        recipe = get_method(cfg.method)
+    except ValueError as exc:
+        raise config_mod.ConfigError(f"method: {exc}") from None
+    arm_space = ArmSpace(p_max=cfg.policy.p_max, r_min=cfg.policy.r_min, r_max=cfg.policy.r_max)
+    params: dict[str, Any] = {"rank": cfg.policy.rank, "s_star": cfg.s_star, "policy": dict(cfg.policy.params),
+                              **cfg.policy.method_params}
+    if cfg.method == "oracle":  # the one labelled exception: it reads the traces
+        params.update(traces=population, predict_completion_s=predictor)
+    devices = sorted(d.device_id for d in population.devices)
+    types = {d.device_id: d.device_type for d in population.devices}
+    try:
+        policy = build_policy(cfg.method, arm_space, devices, types, cfg.seed, params)
+    except (TypeError, ValueError) as exc:
+        raise config_mod.ConfigError(f"policy: method {cfg.method!r} rejects its parameters: {exc}") from None
+    return ResolvedMethod(recipe.name, recipe.prune_mode, recipe.importance, recipe.aggregator, policy)
+
+
+def build_training(cfg: RunConfig, method: ResolvedMethod, device_ids: list[str], shared: dict) -> tuple[Any, Any]:
+    """The trainer (pre-trained base, one Shakespeare role per device) and the method's aggregator.
+
+    Devices get roles drawn with the run seed (the same roles for every method of a seed, so methods
+    are compared on the same data), matched to the sorted device ids. The base model and the roles'
+    data go into ``shared``, so checkpoints refer to them instead of copying them.
+    """
+    from simfed.accuracy.aggregators import make_aggregator
+    from simfed.accuracy.data import load_shakespeare
+    from simfed.accuracy.pretrain import PretrainConfig, load_pretrained
+    from simfed.accuracy.train import TrainConfig, Trainer
+    from simfed.experiments.learner import RankScale
+
+    if cfg.model.preset != "tiny":
+        raise config_mod.ConfigError(f"model.preset: full mode is wired for the 'tiny' preset only, got {cfg.model.preset!r}")
+    cache = Path(cfg.model.cache_dir) if cfg.model.cache_dir else None
+    base, _info = load_pretrained(PretrainConfig(preset=cfg.model.preset), cache=cache)
+    data = load_shakespeare(cache=cache)
+    if len(device_ids) > len(data.clients):
+        raise config_mod.ConfigError(f"traces.devices: {len(device_ids)} devices but only {len(data.clients)} Shakespeare roles")
+    roles = data.pick_clients(len(device_ids), seed=cfg.seed)
+    clients = {dev: data.clients[role] for dev, role in zip(sorted(device_ids), roles)}
+    train_cfg = TrainConfig(batch_size=cfg.train.batch_size, seq_len=cfg.train.seq_len, lr=cfg.train.lr,
+                            criterion=method.importance, seed=cfg.seed)
+    trainer = Trainer(base, clients, train_cfg)
+    r_max = max(cfg.policy.r_max, cfg.policy.rank)
+    aggregator = make_aggregator(method.aggregator, trainer.shape, r_max, RankScale(train_cfg.alpha), cfg.seed)
+    shared["base"] = base
+    shared["clients"] = clients
+    shared.update({f"client:{dev}": cd for dev, cd in clients.items()})
+    return trainer, aggregator

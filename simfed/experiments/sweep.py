@@ -104,7 +104,7 @@ def _member_args(members: list[Member], out: Path) -> list[tuple[str, str]]:
 def _run_pool(members: list[Member], out: Path, workers: int, report: Callable[[MemberResult], None]) -> list[MemberResult]:
     """A spawn-context process pool (no fork of a parent that may hold torch threads)."""
     ctx = multiprocessing.get_context("spawn")
-    threads = 1 if workers > 1 else 0
+    threads = 0  # each run sets its own torch threads (config key torch_threads)
     results: list[MemberResult] = []
     pending = list(zip(members, _member_args(members, out)))
     crashed: list[tuple[Member, tuple[str, str]]] = []
@@ -145,7 +145,7 @@ def _run_dask(members: list[Member], out: Path, report: Callable[[MemberResult],
         client = Client(cluster)
     results: list[MemberResult] = []
     try:
-        threads = 1 if dask_processes else 0
+        threads = 0
         futures = {}
         for m, (toml, d) in zip(members, _member_args(members, out)):
             fut = client.submit(run_member, toml, d, threads, key=f"simfed-{m.name}-{time.time_ns()}", pure=False)

@@ -25,6 +25,8 @@ reproduce it exactly.
 
 from __future__ import annotations
 
+import functools
+import gc
 import math
 from dataclasses import dataclass, field
 from heapq import heappush
@@ -61,6 +63,7 @@ KIND_RANK: dict[str, int] = {k: i for i, k in enumerate(EVENT_KINDS)}
 OUTCOME_EVENT = {Outcome.LATE: "late", Outcome.STRAGGLER: "straggler", Outcome.UNAVAILABLE: "unavailable"}
 
 AVAILABILITY_MODES = ("interval", "end_instant")
+_OK_CODE = tuple(Outcome).index(Outcome.OK)
 
 
 class EngineError(RuntimeError):
@@ -168,6 +171,7 @@ class EngineResult:
     events: list[Event] = field(default_factory=list)
     timings: list[DeviceTiming] = field(default_factory=list)
     rounds: list[RoundTiming] = field(default_factory=list)
+    columns: list = field(default_factory=list)  # FastEngine(columns=True): one TimingColumns per round
 
 
 def waiting_s(timing: DeviceTiming, round_end_s: float) -> float:
@@ -179,11 +183,12 @@ def round_timing(
     round_: int, start_s: float, select_s: float, end_s: float, reason: str, timings: Sequence[DeviceTiming]
 ) -> RoundTiming:
     counts = {o: 0 for o in Outcome}
-    wait_total = 0.0
+    waits = []
     for t in timings:
         counts[t.outcome] += 1
         if t.outcome is Outcome.OK:
-            wait_total += end_s - t.end_s
+            waits.append(end_s - t.end_s)
+    wait_total = math.fsum(waits)  # exactly rounded: the same whatever the summation order
     n_ok = counts[Outcome.OK]
     return RoundTiming(
         round=round_,
@@ -202,9 +207,17 @@ def round_timing(
     )
 
 
+@functools.lru_cache(maxsize=4096)
+def arm_detail(arm: Arm) -> str:
+    """The ``select`` event's detail (cached: a run plays few distinct arms)."""
+    return f"p={arm.p:g} r={arm.r}"
+
+
 def sorted_events(log: list[tuple]) -> list[Event]:
     """Turn (time, kind rank, position, round, device_id, kind, detail) tuples into the canonical log."""
-    log.sort(key=lambda e: (e[0], e[1], e[2]))
+    # (time, kind rank, position) is unique within a round (a device logs each kind at most once),
+    # so plain tuple order is the canonical order and never compares the trailing strings.
+    log.sort()
     return [Event(e[0], e[3], e[4], e[5], e[6]) for e in log]
 
 
@@ -296,6 +309,11 @@ class Engine:
         result = EngineResult()
         state: dict = {}
         proc = env.process(self._server(env, max_rounds, result, state))
+        # The run allocates millions of short-lived objects and no lasting reference cycles (a
+        # device process ends, freeing its frame, by the close of its round): the cyclic garbage
+        # collector's passes would only cost time, so it is paused for the run.
+        gc_was_on = gc.isenabled()
+        gc.disable()
         try:
             env.run(until=proc)
         except RuntimeError as exc:
@@ -306,6 +324,9 @@ class Engine:
                 f"round {rs.r} can never close: {rs.n - rs.done} device(s) never finish "
                 "(zero throughput or never online) and no deadline is set"
             ) from None
+        finally:
+            if gc_was_on:
+                gc.enable()
         return result
 
     # ------------------------------------------------------------------ server
@@ -341,7 +362,7 @@ class Engine:
                 plan = plans[pos]
                 d = _Dev(i, self.devices[i], plan, self.cost.plan_cost(plan), t_sel)
                 if log is not None:
-                    log.append((t_sel, 1, i, r, d.trace.device_id, "select", f"p={plan.arm.p:g} r={plan.arm.r}"))
+                    log.append((t_sel, 1, i, r, d.trace.device_id, "select", arm_detail(plan.arm)))
                 d.proc = env.process(self._device(env, d, rs, slots))
                 devs.append(d)
             closers = [rs.all_done, rs.quota_hit]
@@ -507,9 +528,9 @@ class Engine:
         dl = tr.down_bps.finish_time(t + tr.latency_s, pc.down_bytes)
         oom = pc.memory_bytes > tr.ram_bytes
         if not oom:
-            ce = tr.compute_flops.finish_time(dl, pc.flops)
-            ue = tr.up_bps.finish_time(ce + tr.latency_s, pc.up_bytes)
-            if not tr.availability.is_online(ue):
+            ce = tr.compute_flops.finish_time(dl, pc.flops) if dl < INF else INF
+            ue = tr.up_bps.finish_time(ce + tr.latency_s, pc.up_bytes) if ce < INF else INF
+            if ue < INF and not tr.availability.is_online(ue):
                 return self._drop(d, rs, d.start)
         if dl > t:
             yield env.until(dl)
@@ -560,6 +581,7 @@ class FixedPlanDriver:
         self.arms = dict(arms or {})
         self.sparsity: dict[str, float] = {}
         self._pending: dict[str, float] = {}
+        self._sp_arr: np.ndarray | None = None
 
     def plans(self, round: int, now_s: float, device_ids: list[str]) -> list[Plan]:
         out = []
@@ -577,4 +599,26 @@ class FixedPlanDriver:
         for t in timings:
             if t.outcome is Outcome.OK:
                 self.sparsity[t.device_id] = self._pending[t.device_id]
+        return True
+
+    # the column protocol of simfed.timing.fast.FastEngine(columns=True); use one protocol per driver
+    def plan_columns(self, round: int, now_s: float, positions: np.ndarray, device_ids: Sequence[str]):
+        from simfed.timing.fast import PlanColumns
+
+        n = len(device_ids)
+        if self._sp_arr is None or len(self._sp_arr) != n:
+            self._sp_arr = np.full(n, float(self.s_start))
+            self._p_arr = np.array([self.arms.get(d, self.arm).p for d in device_ids], dtype=float)
+            self._r_arr = np.array([self.arms.get(d, self.arm).r for d in device_ids], dtype=np.int64)
+        sb = self._sp_arr[positions]
+        # next_sparsity, elementwise
+        sa = np.where(sb < self.s_star, np.minimum(sb + np.maximum(self._p_arr[positions], 0.0), self.s_star), sb)
+        self._pending_cols = (positions, sa)
+        m = len(positions)
+        return PlanColumns(sb, sa, self._r_arr[positions], np.full(m, self.local_iters), np.full(m, self.tau))
+
+    def round_done_columns(self, round: int, timings, start_s: float, end_s: float) -> bool:
+        positions, sa = self._pending_cols
+        ok = timings.outcome == _OK_CODE
+        self._sp_arr[positions[ok]] = sa[ok]
         return True

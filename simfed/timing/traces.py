@@ -89,14 +89,17 @@ class Series:
         return cls._build(t, v, period_s)
 
     @classmethod
-    def _build(cls, t: np.ndarray, v: np.ndarray, period_s: float) -> "Series":
+    def _build(cls, t: np.ndarray, v: np.ndarray, period_s: float, amounts: np.ndarray | None = None) -> "Series":
         """Precompute the cumulative sums of already-validated float arrays.
 
         The bulk loader (:mod:`simfed.timing.tracefile`) validates all devices' rows at once with
-        numpy and then calls this directly, skipping :meth:`make`'s per-series checks.
+        numpy and then calls this directly, skipping :meth:`make`'s per-series checks; it may pass
+        ``amounts`` (``v * segment durations``, computed for all devices at once), which is the
+        same arithmetic as below and so gives identical sums.
         """
-        durations = np.diff(np.append(t, period_s))
-        cum = np.concatenate([[0.0], np.cumsum(v * durations)])
+        if amounts is None:
+            amounts = v * np.diff(np.append(t, period_s))
+        cum = np.concatenate([[0.0], np.cumsum(amounts)])
         return cls(t, v, period_s, cum.tolist(), t.tolist(), v.tolist())
 
     @classmethod

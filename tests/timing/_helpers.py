@@ -72,3 +72,22 @@ def random_population(n: int, seed: int, with_availability: bool = True) -> Popu
             )
         )
     return Population(tuple(devs), {"generator": "test-random", "seed": seed})
+
+
+def timing_rows(timings) -> list[tuple]:
+    """DeviceTimings as tuples with NaN replaced by None, so that equal timelines compare equal."""
+    import dataclasses
+    import math
+
+    out = []
+    for t in timings:
+        row = []
+        for f in dataclasses.fields(t):
+            v = getattr(t, f.name)
+            row.append(None if isinstance(v, float) and math.isnan(v) else v)
+        out.append(tuple(row))
+    return out
+
+
+def round_rows(rounds) -> list[tuple]:
+    return timing_rows(rounds)

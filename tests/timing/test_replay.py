@@ -246,3 +246,10 @@ def test_series_validation_errors_name_the_place():
         Series.make([0, 1], [1.0, -2.0], where="dev7")
     with pytest.raises(TraceError, match="empty"):
         Series.make([], [], where="x")
+
+
+def test_packed_availability_all_always_online():
+    packed = PackedAvailability.from_availabilities([Availability.always()] * 3)
+    assert packed.is_online([0, 1, 2], [5.0, 6.0, 7.0]).all()
+    np.testing.assert_array_equal(packed.next_online([0, 1], [3.0, 4.0]), [3.0, 4.0])
+    np.testing.assert_array_equal(packed.offline_at([0, 2], [1.0, 2.0]), [math.inf, math.inf])

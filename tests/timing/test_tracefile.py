@@ -75,11 +75,11 @@ def test_declared_units_are_converted(trace_dir: Path):
     meta["periods"].update(compute=5, downlink=5, uplink=3, availability=400 / 60)
     (trace_dir / "meta.json").write_text(json.dumps(meta))
     for name in ("compute.csv", "downlink.csv", "uplink.csv"):
-        df = pd.read_csv(trace_dir / name)
+        df = pd.read_csv(trace_dir / name).astype({"t": float})
         df["t"] = df["t"] / 60
         df["rate"] = 2.0
         df.to_csv(trace_dir / name, index=False)
-    av = pd.read_csv(trace_dir / "availability.csv")
+    av = pd.read_csv(trace_dir / "availability.csv").astype({"start": float, "end": float})
     av.loc[np.isfinite(av["end"]), ["start", "end"]] /= 60
     av.to_csv(trace_dir / "availability.csv", index=False)
     dv = pd.read_csv(trace_dir / "devices.csv")

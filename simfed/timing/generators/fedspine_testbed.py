@@ -53,7 +53,7 @@ BOARDS: dict[str, dict] = {
     "xavier-nx": {
         "cuda_cores": 384,
         "ram_bytes": 8 * GIB,
-        "modes": {"10W_2CORE": 800.0, "10W_4CORE": 800.0, "15W_2CORE": 1100.0, "15W_4CORE": 1100.0, "15W_6CORE": 1100.0},
+        "modes": {"MODE_10W_2CORE": 800.0, "MODE_10W_4CORE": 800.0, "MODE_15W_2CORE": 1100.0, "MODE_15W_4CORE": 1100.0, "MODE_15W_6CORE": 1100.0},
     },
     "agx-xavier": {
         "cuda_cores": 512,

@@ -1,0 +1,137 @@
+"""`simfed run`: a complete, pandas-readable run directory; determinism; resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from pandas.testing import assert_frame_equal
+
+from simfed import config as C
+from simfed.cli import main
+from simfed.experiments.outputs import DEVICE_ROUND_COLUMNS, EVENT_COLUMNS, ROUND_COLUMNS, RunDir
+from simfed.experiments.runner import RunError, run_config
+
+TABLES = ("events", "rounds", "device_rounds")
+
+
+def tables(run_dir: Path) -> dict[str, pd.DataFrame]:
+    return {t: pd.read_parquet(run_dir / f"{t}.parquet") for t in TABLES}
+
+
+def test_run_directory_is_complete_and_readable(tiny_config, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", str(tiny_config), "--out", str(out), "--no-progress"]) == 0
+    for name in ("config.toml", "events.parquet", "rounds.parquet", "device_rounds.parquet", "summary.json", "wall.json"):
+        assert (out / name).is_file(), name
+    assert not (out / "checkpoint.pkl").exists()
+    t = tables(out)
+    assert list(t["rounds"].columns[: len(ROUND_COLUMNS)]) == ROUND_COLUMNS
+    assert list(t["device_rounds"].columns[: len(DEVICE_ROUND_COLUMNS)]) == DEVICE_ROUND_COLUMNS
+    assert list(t["events"].columns) == EVENT_COLUMNS
+    rounds, devs = t["rounds"], t["device_rounds"]
+    assert list(rounds["round"]) == list(range(6))
+    # over-commitment: 4 participants x 1.5 -> 6 selected, the 2 last to finish are stragglers
+    assert (rounds["n_selected"] == 6).all() and (rounds["n_ok"] == 4).all() and (rounds["n_straggler"] == 2).all()
+    assert len(devs) == 6 * 6 and set(devs["outcome"]) == {"ok", "straggler"}
+    # rounds chain in simulated time and every accepted device ends before its round
+    assert (rounds["start_s"].iloc[1:].to_numpy() == rounds["end_s"].iloc[:-1].to_numpy()).all()
+    ok = devs[devs["outcome"] == "ok"].merge(rounds[["round", "end_s"]], on="round", suffixes=("", "_round"))
+    assert (ok["end_s"] <= ok["end_s_round"]).all() and (ok["wait_s"] >= 0).all()
+    # sparsity only grows, never beyond s*, and p = 0 rounds keep it
+    assert (devs["sparsity_after"] >= devs["sparsity_before"]).all() and devs["sparsity_after"].max() <= 0.5 + 1e-12
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 6 and summary["mode"] == "timing" and summary["final_sparsity"] == pytest.approx(0.5)
+    assert summary["simulated_time_s"] == pytest.approx(rounds["end_s"].iloc[-1])
+    assert summary["final_accuracy"] is None  # timing mode trains nothing
+    assert 0 < summary["inference_flops_rel"] < 1
+    assert C.from_dict(C.read_toml(out / "config.toml")) == C.load(tiny_config)
+
+
+def test_same_config_and_seed_give_identical_tables(tiny_config, tmp_path):
+    cfg = C.load(tiny_config)
+    s1 = run_config(cfg, tmp_path / "a", progress=False)
+    s2 = run_config(cfg, tmp_path / "b", progress=False)
+    assert s1 == s2
+    ta, tb = tables(tmp_path / "a"), tables(tmp_path / "b")
+    for name in TABLES:
+        assert_frame_equal(ta[name], tb[name])
+    other = run_config(C.load(tiny_config, ["seed=1"]), tmp_path / "c", progress=False)
+    assert other != s1  # a different seed is a different run
+
+
+def test_complete_run_is_not_rerun_and_other_config_is_refused(tiny_config, tmp_path):
+    cfg = C.load(tiny_config)
+    out = tmp_path / "run"
+    run_config(cfg, out, progress=False)
+    mtime = (out / "rounds.parquet").stat().st_mtime_ns
+    run_config(cfg, out, progress=False)
+    assert (out / "rounds.parquet").stat().st_mtime_ns == mtime
+    with pytest.raises(RunError, match="another config"):
+        run_config(C.load(tiny_config, ["rounds=3"]), out, progress=False)
+    run_config(C.load(tiny_config, ["rounds=3"]), out, progress=False, fresh=True)
+    assert len(pd.read_parquet(out / "rounds.parquet")) == 3
+
+
+KILLER = """
+import os, signal, sys
+from simfed.experiments import outputs
+saved = [0]
+original = outputs.RunDir.save_checkpoint
+def save_then_die(self, data):
+    original(self, data)
+    saved[0] += 1
+    if saved[0] == {kill_after}:
+        os.kill(os.getpid(), signal.SIGKILL)
+outputs.RunDir.save_checkpoint = save_then_die
+from simfed.cli import main
+sys.exit(main(["run", {config!r}, "--out", {out!r}, "--no-progress"]))
+"""
+
+
+def run_and_kill(config: Path, out: Path, kill_after: int) -> None:
+    code = KILLER.format(kill_after=kill_after, config=str(config), out=str(out))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tiny_config, tmp_path):
+    killed = tmp_path / "killed"
+    run_and_kill(tiny_config, killed, kill_after=3)
+    rd = RunDir(killed)
+    assert rd.has_checkpoint() and not rd.is_complete()
+    assert main(["run", str(tiny_config), "--out", str(killed), "--no-progress"]) == 0
+    assert rd.is_complete() and not rd.has_checkpoint()
+    assert json.loads((killed / "wall.json").read_text())["resumed_from_round"] == 3
+    whole = tmp_path / "whole"
+    run_config(C.load(tiny_config), whole, progress=False)
+    tk, tw = tables(killed), tables(whole)
+    for name in TABLES:
+        assert_frame_equal(tk[name], tw[name])
+    assert rd.read_summary() == RunDir(whole).read_summary()
+
+
+def test_bad_method_is_one_line_naming_the_key(tiny_config, tmp_path, capsys):
+    assert main(["run", str(tiny_config), "--out", str(tmp_path / "x"), "--set", "method=nope", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "method" in err and "nope" in err
+
+
+def test_oracle_and_baselines_run_in_timing_mode(tiny_config, tmp_path):
+    for method in ("oracle", "hetlora", "prune-then-tune", "uniform", "fedmp"):
+        s = run_config(C.load(tiny_config, [f"method={method}", "rounds=3"]), tmp_path / method, progress=False)
+        assert s["rounds"] == 3
+        devs = pd.read_parquet(tmp_path / method / "device_rounds.parquet")
+        if method == "hetlora":
+            assert (devs["sparsity_after"] == 0).all() and s["final_sparsity"] == 0
+        if method == "prune-then-tune":
+            assert (devs["sparsity_before"] == 0.5).all() and (devs["p"] == 0).all()
+        assert math.isfinite(s["simulated_time_s"])

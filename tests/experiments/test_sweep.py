@@ -1,0 +1,79 @@
+"""Sweeps: expansion, a failed member does not lose the others, resume skips complete members,
+and the same sweep file runs on a Dask LocalCluster."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from pandas.testing import assert_frame_equal
+
+from simfed import config as C
+from simfed.cli import main
+from simfed.experiments.sweep import expand, run_sweep
+
+SWEEP = """
+[sweep]
+methods = ["fedspine", "uniform"]
+seeds = [0, 1]
+[sweep.grid]
+"train.tau" = [5, 10]
+"""
+
+
+def test_expand_is_the_full_product_with_stable_names(tiny_config):
+    cfg = C.load(tiny_config, ["sweep.methods=['fedspine', 'uniform']", "sweep.seeds=[0, 1]",
+                               "sweep.grid.train.tau=[5, 10]"])
+    members = expand(cfg)
+    assert len(members) == 2 * 2 * 2
+    names = [m.name for m in members]
+    assert names[0] == "fedspine-s0-tau=5" and len(set(names)) == 8
+    m = members[-1]
+    assert (m.config.method, m.config.seed, m.config.train.tau) == ("uniform", 1, 10)
+    assert m.config.sweep == C.SweepConfig()  # members are plain runs
+
+
+def test_failed_member_is_reported_and_others_complete(tiny_config, tmp_path):
+    cfg = C.load(tiny_config, ["rounds=2", "sweep.methods=['fedspine', 'no-such-method']"])
+    results = run_sweep(cfg, tmp_path, workers=1, echo=None)
+    status = {r.name: r.status for r in results}
+    assert status == {"fedspine-s0": "done", "no-such-method-s0": "failed"}
+    failed = next(r for r in results if r.status == "failed")
+    assert "no-such-method" in failed.error
+    assert "no-such-method" in (tmp_path / "no-such-method-s0" / "error.txt").read_text()
+    assert (tmp_path / "fedspine-s0" / "summary.json").is_file()
+    recorded = json.loads((tmp_path / "sweep.json").read_text())
+    assert [m["status"] for m in recorded["members"]] == ["done", "failed"]
+    # a re-run skips the complete member and retries the failed one
+    again = run_sweep(cfg, tmp_path, workers=1, echo=None)
+    assert {r.name: r.status for r in again} == {"fedspine-s0": "skipped", "no-such-method-s0": "failed"}
+
+
+def test_cli_exit_status_is_1_when_a_member_failed(tiny_config, tmp_path):
+    rc = main(["sweep", str(tiny_config), "--out", str(tmp_path / "sw"), "--workers", "1",
+               "--set", "rounds=2", "--set", "sweep.methods=['fedspine', 'nope']"])
+    assert rc == 1
+
+
+def test_sweep_on_dask_localcluster_matches_in_process(tiny_config, tmp_path):
+    pytest.importorskip("dask.distributed")
+    path = tmp_path / "sweep.toml"
+    path.write_text(tiny_config.read_text().replace("rounds = 6", "rounds = 3") + SWEEP.replace("[5, 10]", "[5]"))
+    cfg = C.load(path)
+    on_dask = run_sweep(cfg, tmp_path / "dask", dask_local=2, dask_processes=False, echo=None)
+    assert sorted(r.status for r in on_dask) == ["done"] * 4
+    local = run_sweep(cfg, tmp_path / "local", workers=1, echo=None)
+    for r in local:
+        for table in ("rounds", "device_rounds"):
+            assert_frame_equal(pd.read_parquet(tmp_path / "dask" / r.name / f"{table}.parquet"),
+                               pd.read_parquet(tmp_path / "local" / r.name / f"{table}.parquet"))
+    assert all(r.status == "skipped" for r in run_sweep(cfg, tmp_path / "dask", dask_local=1, dask_processes=False, echo=None))
+
+
+def test_process_pool_runs_members(tiny_config, tmp_path):
+    cfg = C.load(tiny_config, ["rounds=2", "sweep.seeds=[0, 1]"])
+    results = run_sweep(cfg, tmp_path, workers=2, echo=None)
+    assert sorted(r.status for r in results) == ["done", "done"]
+    s0 = json.loads((tmp_path / "fedspine-s0" / "summary.json").read_text())
+    assert s0["seed"] == 0 and s0["rounds"] == 2
