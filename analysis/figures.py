@@ -19,9 +19,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from scipy import stats  # noqa: E402
 
 PHASE_COLOURS = {"download": "tab:blue", "compute": "tab:orange", "upload": "tab:green"}
+
+
+def time_unit(max_s: float) -> tuple[float, str]:
+    """A readable unit for simulated times up to ``max_s``: (divisor, label)."""
+    if not np.isfinite(max_s) or max_s < 120:
+        return 1.0, "s"
+    if max_s < 2 * 3600:
+        return 60.0, "min"
+    return 3600.0, "h"
 
 
 def _methods(df: pd.DataFrame) -> list[str]:
@@ -53,12 +64,13 @@ def accuracy_vs_time(rounds: pd.DataFrame) -> Figure | None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     colours = _colour(_methods(ev))
+    div, unit = time_unit(float(ev["end_s"].max()))
     for method, g in ev.groupby("method"):
         for i, (seed, gs) in enumerate(g.groupby("seed")):
             gs = gs.sort_values("end_s")
-            ax.plot(gs["end_s"] / 3600, gs["accuracy"], color=colours[method], marker=".",
+            ax.plot(gs["end_s"] / div, gs["accuracy"], color=colours[method], marker=".",
                     alpha=0.9 if i == 0 else 0.4, label=method if i == 0 else None)
-    ax.set_xlabel("simulated time (h)")
+    ax.set_xlabel(f"simulated time ({unit})")
     ax.set_ylabel("accuracy")
     ax.set_title("Accuracy vs simulated time")
     ax.legend()
@@ -177,6 +189,7 @@ def regret_vs_oracle(rounds: pd.DataFrame, oracle: str = "oracle") -> Figure | N
     ref = rounds[rounds["method"] == oracle].set_index(["seed", "round"])["duration_s"]
     fig, ax = plt.subplots(figsize=(6, 4))
     colours = _colour(_methods(rounds))
+    div, unit = time_unit(float(rounds.groupby(["method", "seed"])["duration_s"].sum().max()))
     for method, g in rounds.groupby("method"):
         if method == oracle:
             continue
@@ -190,9 +203,9 @@ def regret_vs_oracle(rounds: pd.DataFrame, oracle: str = "oracle") -> Figure | N
         if curves:
             n = min(len(c) for c in curves)
             mean = np.mean([c[:n] for c in curves], axis=0)
-            ax.plot(np.arange(1, n + 1), mean / 3600, color=colours[method], label=method)
+            ax.plot(np.arange(1, n + 1), mean / div, color=colours[method], label=method)
     ax.set_xlabel("round")
-    ax.set_ylabel("cumulative time regret vs oracle (h)")
+    ax.set_ylabel(f"cumulative time regret vs oracle ({unit})")
     ax.set_title("Regret against the oracle")
     ax.legend()
     ax.grid(alpha=0.3)
@@ -212,22 +225,22 @@ def gantt(device_rounds: pd.DataFrame, run: str | None = None, max_devices: int 
     g = g[g["device_id"].isin(devices)]
     fig, ax = plt.subplots(figsize=(8, 0.3 * len(devices) + 1.5))
     ypos = {d: i for i, d in enumerate(devices)}
+    div, unit = time_unit(float(g["end_s"].max() - g["start_s"].min()))
     for row in g.itertuples(index=False):
         y = ypos[row.device_id]
         phases = (("download", row.ready_s, row.download_end_s), ("compute", row.download_end_s, row.compute_end_s),
                   ("upload", row.compute_end_s, row.upload_end_s))
         for name, a, b in phases:
             if np.isfinite(a) and np.isfinite(b) and b > a:
-                ax.barh(y, (b - a) / 60, left=a / 60, color=PHASE_COLOURS[name], height=0.7)
+                ax.barh(y, (b - a) / div, left=a / div, color=PHASE_COLOURS[name], height=0.7)
         if row.outcome != "ok" and np.isfinite(row.end_s):
-            ax.plot(row.end_s / 60, y, "kx")
-    for name, c in PHASE_COLOURS.items():
-        ax.barh([], [], color=c, label=name)
-    ax.plot([], [], "kx", label="work discarded")
+            ax.plot(row.end_s / div, y, "kx")
+    handles = [Patch(color=c, label=name) for name, c in PHASE_COLOURS.items()]
+    handles.append(Line2D([], [], color="k", marker="x", ls="", label="work discarded"))
     ax.set_yticks(range(len(devices)), devices, fontsize=7)
-    ax.set_xlabel("simulated time (min)")
+    ax.set_xlabel(f"simulated time ({unit})")
     ax.set_title(f"Device timeline: {run}")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return fig
 
@@ -275,6 +288,7 @@ def save(fig: Figure, out_dir: str | Path, name: str, formats: tuple[str, ...] =
     for fmt in formats:
         path = out / f"{name}.{fmt}"
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".{fmt}", dir=out)
+        os.fchmod(fd, 0o644)
         os.close(fd)
         fig.savefig(tmp, format=fmt, dpi=120)
         os.replace(tmp, path)

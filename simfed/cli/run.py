@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from simfed import config as config_mod
+from simfed.experiments.outputs import json_safe
 
 
 def default_out_dir(config_path: str, cfg: config_mod.RunConfig) -> Path:
@@ -36,6 +37,6 @@ def _main(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_out_dir(args.config, cfg)
     summary = run_config(cfg, out, progress=not args.no_progress, fresh=args.fresh)
     print(f"run directory: {out}")
-    print(json.dumps({k: summary[k] for k in ("method", "seed", "rounds", "simulated_time_s", "final_accuracy",
+    print(json.dumps({k: json_safe(summary[k]) for k in ("method", "seed", "rounds", "simulated_time_s", "final_accuracy",
                                                "time_to_target_s", "mean_wait_s") if k in summary}, indent=1))
     return 0

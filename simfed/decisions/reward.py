@@ -41,6 +41,9 @@ from dataclasses import asdict, dataclass
 from simfed.records import Observation
 
 
+TIME_REFERENCES = ("mean", "quantile", "others-max")
+
+
 @dataclass(frozen=True)
 class RewardWeights:
     """Weights of the reward factors; defaults are simfed's (documented in docs/decisions.md)."""
@@ -52,6 +55,8 @@ class RewardWeights:
     rank_ref: int = 32  # r_ref: the rank at which F_rank reaches 1 (the arm space's r_max)
     time_exponent: float = 2.0  # λ
     time_cap: float = 1.0  # c: the most F_time's ratio can reach (inf: the plain Eq. 9 ratio)
+    time_reference: str = "mean"  # T_ref of F_time: "mean", "quantile" or "others-max" (see the module docstring)
+    time_quantile: float = 0.9  # q of time_reference="quantile"
 
     def __post_init__(self) -> None:
         for name in ("loss", "prune", "importance"):
@@ -66,6 +71,10 @@ class RewardWeights:
             raise ValueError(f"RewardWeights.time_exponent must be a finite number >= 0, got {self.time_exponent!r}")
         if not (self.time_cap > 0):
             raise ValueError(f"RewardWeights.time_cap must be > 0, got {self.time_cap!r}")
+        if self.time_reference not in TIME_REFERENCES:
+            raise ValueError(f"RewardWeights.time_reference must be one of {TIME_REFERENCES}, got {self.time_reference!r}")
+        if not (0.0 <= self.time_quantile <= 1.0):
+            raise ValueError(f"RewardWeights.time_quantile must be in [0, 1], got {self.time_quantile!r}")
 
     @classmethod
     def from_dict(cls, values: dict) -> "RewardWeights":
@@ -89,13 +98,16 @@ class RoundContext:
 
     max_loss_drop: float = float("nan")  # largest relative loss drop this round (nan: none measured)
     mean_update_norm: float = float("nan")  # mean ||B·A||_F this round (nan: none measured)
+    completion_s: tuple[float, ...] = ()  # the successful devices' completion times, ascending
 
     @classmethod
     def from_observations(cls, observations: Iterable[Observation]) -> "RoundContext":
-        drops, norms = [], []
+        drops, norms, times = [], [], []
         for obs in observations:
             if not obs.ok:
                 continue
+            if math.isfinite(obs.completion_s):
+                times.append(obs.completion_s)
             d = relative_loss_drop(obs)
             if math.isfinite(d):
                 drops.append(d)
@@ -104,7 +116,29 @@ class RoundContext:
         return cls(
             max_loss_drop=max(drops) if drops else float("nan"),
             mean_update_norm=sum(norms) / len(norms) if norms else float("nan"),
+            completion_s=tuple(sorted(times)),
         )
+
+    def time_reference_s(self, obs: Observation, weights: "RewardWeights") -> float:
+        """T_ref of ``obs``'s time factor (see the module docstring); nan when there is none."""
+        times = self.completion_s
+        kind = weights.time_reference
+        if kind == "mean" or not times:
+            return obs.round_mean_completion_s
+        if kind == "quantile":
+            return _quantile(times, weights.time_quantile)
+        # others-max: the round's end had this device not taken part (its own time excluded once)
+        if len(times) == 1:
+            return float("nan")
+        return times[-2] if obs.completion_s >= times[-1] else times[-1]
+
+
+def _quantile(ascending: tuple[float, ...], q: float) -> float:
+    """Linear-interpolation quantile of sorted values (numpy's default rule)."""
+    pos = q * (len(ascending) - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(ascending) - 1)
+    return ascending[lo] + (pos - lo) * (ascending[hi] - ascending[lo])
 
 
 @dataclass(frozen=True)
@@ -167,7 +201,8 @@ def reward_terms(obs: Observation, weights: RewardWeights = DEFAULT_WEIGHTS, con
     # capacity prior
     f_rank = min(1.0, obs.arm.r / w.rank_ref) ** w.rank
     # relative speed
-    t_i, t_bar = obs.completion_s, obs.round_mean_completion_s
+    t_i = obs.completion_s
+    t_bar = context.time_reference_s(obs, w) if context is not None else obs.round_mean_completion_s
     if math.isfinite(t_i) and math.isfinite(t_bar) and t_bar > 0:
         ratio = t_bar / t_i if t_i > 0 else math.inf
         f_time = min(w.time_cap, ratio) ** w.time_exponent

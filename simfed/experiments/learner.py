@@ -76,17 +76,48 @@ def _reduce_generator(g: torch.Generator):
     return _rebuild_generator, (g.get_state(),)
 
 
+def _rebuild_device_state(base: Any, device_id: str, kept: Any, ema: Any, data: Any, generator: Any, steps: int) -> Any:
+    """A device's state with its model rebuilt as the frozen base index-selected to ``kept``.
+
+    Exact: between rounds a device model is the base with whole groups and channels removed (its
+    LoRA adapters are detached after every round), so storing the kept indices is enough.
+    """
+    from copy import deepcopy
+
+    from simfed.accuracy.adapters import Kept
+    from simfed.accuracy.prune import prune_model_to_kept
+    from simfed.accuracy.train import DeviceState
+
+    model = deepcopy(base)
+    model.freeze_base()
+    prune_model_to_kept(model, Kept.full(base.config.shape()), kept)
+    return DeviceState(device_id, model, kept, ema, data, generator, steps)
+
+
 class _Pickler(pickle.Pickler):
-    """Pickles torch generators by state, and refers to the shared read-only objects by name."""
+    """Pickles torch generators by state, device models as their kept indices, and refers to the
+    shared read-only objects (base model, client data) by name."""
 
     def __init__(self, fh, shared: dict[str, Any]):
         super().__init__(fh, protocol=pickle.HIGHEST_PROTOCOL)
         self.dispatch_table = copyreg.dispatch_table.copy()
         self.dispatch_table[torch.Generator] = _reduce_generator
         self._shared = {id(obj): name for name, obj in shared.items()}
+        self._base = shared.get("base")
 
     def persistent_id(self, obj: Any) -> str | None:
         return self._shared.get(id(obj))
+
+    def reducer_override(self, obj: Any) -> Any:
+        from simfed.accuracy.train import DeviceState
+
+        if self._base is not None and type(obj) is DeviceState and not _has_adapters(obj.model):
+            return _rebuild_device_state, (self._base, obj.device_id, obj.kept, obj.ema, obj.data, obj.generator, obj.steps)
+        return NotImplemented
+
+
+def _has_adapters(model: Any) -> bool:
+    return any("lora_" in name for name, _ in model.named_parameters())
 
 
 class _Unpickler(pickle.Unpickler):

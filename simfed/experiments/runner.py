@@ -89,9 +89,10 @@ def summarise(cfg: RunConfig, loop: ServerLoop, final: dict[str, float], cost: A
     target = cfg.target_accuracy
     time_to_target = None
     rounds_to_target = None
-    if target > 0:
+    if target > 0:  # the deployable model: accuracy at the target *and* every device at s*
         for r in rows:
-            if r["evaluated"] and math.isfinite(r["accuracy"]) and r["accuracy"] >= target:
+            at_s_star = math.isfinite(r["min_sparsity"]) and r["min_sparsity"] >= loop.s_star - 1e-12
+            if r["evaluated"] and at_s_star and math.isfinite(r["accuracy"]) and r["accuracy"] >= target:
                 time_to_target, rounds_to_target = r["end_s"], r["round"]
                 break
     time_to_s_star = None

@@ -69,7 +69,7 @@ def expand(cfg: RunConfig) -> list[Member]:
     return members
 
 
-def run_member(config_toml: str, out_dir: str, torch_threads: int = 0) -> MemberResult:
+def run_member(config_toml: str, out_dir: str) -> MemberResult:
     """Run (or resume) one member; never raises: a failure is returned and written to ``error.txt``.
 
     Takes the config as TOML text so it pickles to any worker. Top-level so process pools can import it.
@@ -80,10 +80,6 @@ def run_member(config_toml: str, out_dir: str, torch_threads: int = 0) -> Member
 
     name = Path(out_dir).name
     t0 = time.perf_counter()
-    if torch_threads > 0:
-        import torch
-
-        torch.set_num_threads(torch_threads)
     try:
         cfg = config_mod.from_dict(tomllib.loads(config_toml))
         summary = run_config(cfg, out_dir, progress=False)
@@ -102,14 +98,16 @@ def _member_args(members: list[Member], out: Path) -> list[tuple[str, str]]:
 
 
 def _run_pool(members: list[Member], out: Path, workers: int, report: Callable[[MemberResult], None]) -> list[MemberResult]:
-    """A spawn-context process pool (no fork of a parent that may hold torch threads)."""
+    """A spawn-context process pool (no fork of a parent that may hold torch threads).
+
+    Each member sets its own torch threads (config key ``torch_threads``, default 1).
+    """
     ctx = multiprocessing.get_context("spawn")
-    threads = 0  # each run sets its own torch threads (config key torch_threads)
     results: list[MemberResult] = []
     pending = list(zip(members, _member_args(members, out)))
     crashed: list[tuple[Member, tuple[str, str]]] = []
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = {pool.submit(run_member, toml, d, threads): (m, (toml, d)) for m, (toml, d) in pending}
+        futures = {pool.submit(run_member, toml, d): (m, (toml, d)) for m, (toml, d) in pending}
         for fut in cf.as_completed(futures):
             m, args = futures[fut]
             try:
@@ -117,14 +115,18 @@ def _run_pool(members: list[Member], out: Path, workers: int, report: Callable[[
             except cf.process.BrokenProcessPool:
                 crashed.append((m, args))
                 continue
+            except Exception as exc:  # e.g. the task could not be sent to or run in the worker
+                res = MemberResult(m.name, "failed", error=f"{type(exc).__name__}: {exc}")
             results.append(res)
             report(res)
     for m, (toml, d) in crashed:  # retry alone: only the member that kills its worker is lost
         with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
             try:
-                res = pool.submit(run_member, toml, d, threads).result()
+                res = pool.submit(run_member, toml, d).result()
             except cf.process.BrokenProcessPool as exc:
                 res = MemberResult(m.name, "crashed", error=f"worker process died: {exc}")
+            except Exception as exc:
+                res = MemberResult(m.name, "failed", error=f"{type(exc).__name__}: {exc}")
         results.append(res)
         report(res)
     return results
@@ -145,10 +147,9 @@ def _run_dask(members: list[Member], out: Path, report: Callable[[MemberResult],
         client = Client(cluster)
     results: list[MemberResult] = []
     try:
-        threads = 0
         futures = {}
         for m, (toml, d) in zip(members, _member_args(members, out)):
-            fut = client.submit(run_member, toml, d, threads, key=f"simfed-{m.name}-{time.time_ns()}", pure=False)
+            fut = client.submit(run_member, toml, d, key=f"simfed-{m.name}-{time.time_ns()}", pure=False)
             futures[fut.key] = (fut, m)
         for fut in as_completed([f for f, _ in futures.values()]):
             m = futures[fut.key][1]

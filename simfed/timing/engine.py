@@ -166,12 +166,127 @@ class RoundTiming:
         return self.end_s - self.start_s
 
 
-@dataclass
+# Codes of the event log's columns (``EventLog``): one small integer per kind, in canonical order.
+KIND_CODE: dict[str, int] = KIND_RANK
+_SELECT = KIND_RANK["select"]
+_KIND_BITS = 4  # a packed log key is (position + 1) << 4 | kind code
+assert len(EVENT_KINDS) <= 1 << _KIND_BITS
+
+
+class EventLog:
+    """The event log as columns, one chunk per round; :class:`~simfed.records.Event` objects on demand.
+
+    Building a quarter of a million ``Event`` objects (and sorting them) cost the engine as much as
+    SimPy itself at 10^4 devices; a run that writes its log to a table, or never reads it, needs
+    none. So the engine records each event as a (time, packed key) pair into a flat list while it
+    runs, and the selection instant once per round (every selected device has a ``select`` event
+    then); :meth:`columns` and :meth:`events` sort and expand on first use. Within a round the
+    canonical order is (time, kind, population position), exactly that of :data:`EVENT_KINDS`.
+    """
+
+    def __init__(self, device_ids: Sequence[str]) -> None:
+        self.device_ids = device_ids
+        self._chunks: list[tuple] = []
+        self._n = 0
+        self._columns: dict[str, np.ndarray] | None = None
+        self._events: list[Event] | None = None
+
+    def add_round(
+        self,
+        round_: int,
+        select_s: float,
+        selected: np.ndarray,
+        arms: Sequence[Arm] | None,
+        time_s: np.ndarray,
+        kind: np.ndarray,
+        position: np.ndarray,
+        details: Mapping[tuple[int, int], str],
+    ) -> None:
+        """One round's events: ``selected`` positions were selected at ``select_s`` playing ``arms``
+        (aligned; None gives empty details); the other events are rows of ``time_s``/``kind``/
+        ``position`` (-1 for server events); ``details`` maps (kind code, position) to a detail."""
+        self._chunks.append((round_, float(select_s), np.asarray(selected, dtype=np.int64), arms, time_s, kind, position, details))
+        self._n += len(selected) + len(time_s)
+        self._columns = self._events = None
+
+    def add_round_flat(
+        self, round_: int, select_s: float, selected: np.ndarray, arms, flat: list, details: Mapping[tuple[int, int], str]
+    ) -> None:
+        """:meth:`add_round` from the engine's flat ``[time, key, time, key, ...]`` list."""
+        a = np.array(flat, dtype=float).reshape(-1, 2)
+        key = a[:, 1].astype(np.int64)
+        self.add_round(round_, select_s, selected, arms, a[:, 0], key & ((1 << _KIND_BITS) - 1), (key >> _KIND_BITS) - 1, details)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _sorted_chunks(self):
+        for r, t_sel, selected, arms, t, kind, pos, details in self._chunks:
+            n_sel = len(selected)
+            tt = np.concatenate([np.full(n_sel, t_sel), np.asarray(t, dtype=float)])
+            kk = np.concatenate([np.full(n_sel, _SELECT, dtype=np.int64), np.asarray(kind, dtype=np.int64)])
+            pp = np.concatenate([selected, np.asarray(pos, dtype=np.int64)])
+            order = np.lexsort((pp, kk, tt))
+            yield r, selected, arms, tt[order], kk[order], pp[order], details
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The whole log as sorted arrays: ``time_s``, ``round``, ``position`` (-1: server), ``kind``
+        (a code into :data:`EVENT_KINDS`). Details are only in :meth:`events`."""
+        if self._columns is None:
+            parts = [(t, np.full(len(t), r, dtype=np.int64), p, k) for r, _, _, t, k, p, _ in self._sorted_chunks()]
+            if parts:
+                cols = [np.concatenate(c) for c in zip(*parts)]
+            else:
+                cols = [np.empty(0), np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)]
+            self._columns = dict(zip(("time_s", "round", "position", "kind"), cols))
+        return self._columns
+
+    def events(self) -> list[Event]:
+        """The canonical log as :class:`~simfed.records.Event` records (built once, then cached)."""
+        if self._events is None:
+            ids = self.device_ids
+            out: list[Event] = []
+            gc_was_on = gc.isenabled()
+            gc.disable()  # a quarter of a million records and no cycles: the collector's passes only cost time
+            for r, selected, arms, t, k, p, details in self._sorted_chunks():
+                sel_detail = dict(zip(selected.tolist(), map(arm_detail, arms))) if arms is not None else {}
+                for ti, ki, pi in zip(t.tolist(), k.tolist(), p.tolist()):
+                    if ki == _SELECT:
+                        detail = sel_detail.get(pi, "")
+                    else:
+                        detail = details.get((ki, pi), "") if details else ""
+                    out.append(Event(ti, r, ids[pi] if pi >= 0 else "", EVENT_KINDS[ki], detail))
+            if gc_was_on:
+                gc.enable()
+            self._events = out
+        return self._events
+
+
 class EngineResult:
-    events: list[Event] = field(default_factory=list)
-    timings: list[DeviceTiming] = field(default_factory=list)
-    rounds: list[RoundTiming] = field(default_factory=list)
-    columns: list = field(default_factory=list)  # FastEngine(columns=True): one TimingColumns per round
+    """What a run returns: device timings, round timings and (when logged) the event log.
+
+    ``events`` is built from the columnar :class:`EventLog` on first access (see there why).
+    """
+
+    def __init__(self, log: EventLog | None = None) -> None:
+        self.timings: list[DeviceTiming] = []
+        self.rounds: list[RoundTiming] = []
+        self.columns: list = []  # FastEngine(columns=True): one TimingColumns per round
+        self.log = log
+        self._events: list[Event] | None = None
+
+    @property
+    def events(self) -> list[Event]:
+        if self._events is None:
+            self._events = self.log.events() if self.log is not None else []
+        return self._events
+
+    @events.setter
+    def events(self, value: list[Event]) -> None:
+        self._events = list(value)
+
+    def __repr__(self) -> str:
+        return f"EngineResult({len(self.rounds)} rounds, {len(self.timings)} device timings, {len(self.log or ())} events)"
 
 
 def waiting_s(timing: DeviceTiming, round_end_s: float) -> float:
@@ -231,12 +346,18 @@ def check_plans(plans: list[Plan], round_: int, ids: list[str]) -> None:
             )
 
 
+_new_event = object.__new__
+
+
 class _Env(simpy.Environment):
     """A SimPy environment that can schedule an event at an exact absolute time."""
 
     def at(self, time_s: float) -> simpy.Event:
         # Same as Timeout(delay=time_s - now) but without the round-off of now + (time_s - now).
-        ev = simpy.Event(self)
+        # Event.__init__ inlined (as simpy's own Timeout does): this runs for every phase of every device.
+        ev = _new_event(simpy.Event)
+        ev.env = self
+        ev.callbacks = []
         ev._ok = True
         ev._value = None
         heappush(self._queue, (time_s, NORMAL, next(self._eid), ev))
@@ -250,10 +371,11 @@ class _Env(simpy.Environment):
 class _Dev:
     """One device's state in one round (written by its process, read by the server at close)."""
 
-    __slots__ = ("pos", "trace", "plan", "cost", "start", "ready", "dl_end", "c_end", "u_end", "term", "outcome", "proc")
+    __slots__ = ("pos", "key", "trace", "plan", "cost", "start", "ready", "dl_end", "c_end", "u_end", "term", "outcome", "proc")
 
     def __init__(self, pos: int, trace: DeviceTrace, plan: Plan, cost: PlanCost, start: float) -> None:
         self.pos, self.trace, self.plan, self.cost, self.start = pos, trace, plan, cost, start
+        self.key = (pos + 1) << _KIND_BITS  # the log key of this device's events, before the kind code
         self.ready = self.dl_end = self.c_end = self.u_end = NAN
         self.term = NAN  # when its participation ended by itself (finished, OOM, dropped)
         self.outcome: Outcome | None = None  # OK here means "finished"; the close may make it a straggler
@@ -261,9 +383,9 @@ class _Dev:
 
 
 class _Round:
-    """Counters of one round and the events that close it."""
+    """Counters of one round, the events that close it, and its event log (flat ``[time, key, ...]``)."""
 
-    __slots__ = ("n", "quota", "done", "finished", "all_done", "quota_hit", "log", "r", "closed")
+    __slots__ = ("n", "quota", "done", "finished", "all_done", "quota_hit", "log", "details", "r", "closed")
 
     def __init__(self, env: _Env, r: int, n: int, quota: int, log: list | None) -> None:
         self.r, self.n, self.quota = r, n, quota
@@ -271,6 +393,7 @@ class _Round:
         self.all_done = simpy.Event(env)
         self.quota_hit = simpy.Event(env)
         self.log = log
+        self.details: dict[tuple[int, int], str] = {}
         self.closed = False
 
     def terminal(self, finished: bool) -> None:
@@ -285,6 +408,11 @@ class _Round:
             self.all_done.succeed()
 
 
+_ONLINE, _DL_END, _OOM, _C_END, _U_END, _OFFLINE = (KIND_RANK[k] for k in ("online", "download_end", "oom", "compute_end", "upload_end", "offline"))
+_ROUND_START, _ROUND_END = KIND_RANK["round_start"], KIND_RANK["round_end"]
+_SERVER_KEY = 0  # position -1
+
+
 class Engine:
     """Runs synchronous rounds over a population with SimPy (see the module docstring)."""
 
@@ -296,6 +424,7 @@ class Engine:
             raise ValueError("Engine: device ids in the population are not unique")
         self.population = population
         self.devices = population.devices
+        self.device_ids = ids
         self.cost = cost
         self.config = config
         self.driver = driver
@@ -306,7 +435,7 @@ class Engine:
         if max_rounds < 0:
             raise ValueError(f"max_rounds must be >= 0, got {max_rounds}")
         env = _Env(initial_time=self.config.start_s)
-        result = EngineResult()
+        result = EngineResult(EventLog(self.device_ids) if self.config.log_events else None)
         state: dict = {}
         proc = env.process(self._server(env, max_rounds, result, state))
         # The run allocates millions of short-lived objects and no lasting reference cycles (a
@@ -344,26 +473,24 @@ class Engine:
     def _server(self, env: _Env, max_rounds: int, result: EngineResult, state: dict):
         cfg = self.config
         slots = simpy.Resource(env, capacity=cfg.max_concurrent_transfers) if cfg.max_concurrent_transfers else None
+        device_proc = self._device_end_instant if cfg.availability == "end_instant" else self._device
+        devices, ids_all, plan_cost, process = self.devices, self.device_ids, self.cost.plan_cost, env.process
         t = cfg.start_s
         for r in range(max_rounds):
-            log: list | None = [] if cfg.log_events else None
-            if log is not None:
-                log.append((t, 0, -1, r, "", "round_start", ""))
+            log: list | None = [t, _ROUND_START] if result.log is not None else None
             t_sel, chosen = self._select(r, t)
             if t_sel > t:
                 yield env.at(t_sel)
-            ids = [self.devices[i].device_id for i in chosen]
+            chosen_l = chosen.tolist()
+            ids = [ids_all[i] for i in chosen_l]
             plans = self.driver.plans(r, t_sel, ids)
             check_plans(plans, r, ids)
             rs = _Round(env, r, len(ids), cfg.quota(len(ids)), log)
             state["round"] = rs
             devs = []
-            for pos, i in enumerate(chosen.tolist()):
-                plan = plans[pos]
-                d = _Dev(i, self.devices[i], plan, self.cost.plan_cost(plan), t_sel)
-                if log is not None:
-                    log.append((t_sel, 1, i, r, d.trace.device_id, "select", arm_detail(plan.arm)))
-                d.proc = env.process(self._device(env, d, rs, slots))
+            for i, plan in zip(chosen_l, plans):
+                d = _Dev(i, devices[i], plan, plan_cost(plan), t_sel)
+                d.proc = process(device_proc(env, d, rs, slots))
                 devs.append(d)
             closers = [rs.all_done, rs.quota_hit]
             if cfg.deadline_s is not None:
@@ -376,8 +503,9 @@ class Engine:
             timings = self._close(devs, rs, r, t_end, reason, log)
             rt = round_timing(r, t, t_sel, t_end, reason, timings)
             if log is not None:
-                log.append((t_end, KIND_RANK["round_end"], -1, r, "", "round_end", f"reason={reason} ok={rt.n_ok}/{rt.n_selected}"))
-                result.events.extend(sorted_events(log))
+                log += (t_end, _ROUND_END)
+                rs.details[(_ROUND_END, -1)] = f"reason={reason} ok={rt.n_ok}/{rt.n_selected}"
+                result.log.add_round_flat(r, t_sel, chosen, [p.arm for p in plans], log, rs.details)
             result.timings.extend(timings)
             result.rounds.append(rt)
             t = t_end
@@ -385,12 +513,14 @@ class Engine:
                 break
 
     def _close(self, devs: list[_Dev], rs: _Round, r: int, t_end: float, reason: str, log: list | None) -> list[DeviceTiming]:
-        finishers = sorted((d for d in devs if d.outcome is Outcome.OK), key=lambda d: (d.u_end, d.pos))
-        for d in finishers[rs.quota :]:
-            d.outcome = Outcome.STRAGGLER
-            if log is not None:
-                log.append((t_end, KIND_RANK["straggler"], d.pos, r, d.trace.device_id, "straggler", ""))
+        if rs.finished > rs.quota:  # over-commitment: finishers beyond the first K are stragglers
+            finishers = sorted((d for d in devs if d.outcome is Outcome.OK), key=lambda d: (d.u_end, d.pos))
+            for d in finishers[rs.quota :]:
+                d.outcome = Outcome.STRAGGLER
+                if log is not None:
+                    log += (t_end, d.key | KIND_RANK["straggler"])
         timings = []
+        append = timings.append
         for d in devs:
             out = d.outcome
             end = d.term
@@ -402,13 +532,12 @@ class Engine:
                     out = Outcome.LATE if reason == "deadline" else Outcome.STRAGGLER
                 d.outcome = out
                 if log is not None:
-                    kind = OUTCOME_EVENT[out]
-                    log.append((t_end, KIND_RANK[kind], d.pos, r, d.trace.device_id, kind, ""))
+                    log += (t_end, d.key | KIND_RANK[OUTCOME_EVENT[out]])
                 d.proc.interrupt("round closed")
             elif out is Outcome.STRAGGLER:
                 end = t_end
             pc = d.cost
-            timings.append(
+            append(
                 DeviceTiming(
                     r, d.trace.device_id, out, d.start, d.ready, d.dl_end, d.c_end, d.u_end, end,
                     pc.flops, pc.down_bytes, pc.up_bytes, pc.memory_bytes,
@@ -418,64 +547,66 @@ class Engine:
 
     # ------------------------------------------------------------------ devices
     def _device(self, env: _Env, d: _Dev, rs: _Round, slots):
+        """One device's round: online, download, (OOM check), compute, upload; drop when offline.
+
+        The hot loop of a timing run: trace lookups go straight to the device's series, and a
+        logged event is two appends (time, key) to the round's flat log.
+        """
         tr = d.trace
         pc = d.cost
-        av = tr.availability
         log = rs.log
-        r = rs.r
-        did = tr.device_id
+        at = env.at
+        key = d.key
         try:
-            if self.config.availability == "end_instant":
-                yield from self._device_end_instant(env, d, rs)
-                return
-            ready = av.next_online(d.start)
-            if ready > d.start:
-                yield env.at(ready)
+            start = d.start
+            ready, off = tr.availability.session(start)
+            if ready > start:
+                yield at(ready)
             d.ready = ready
             if log is not None:
-                log.append((ready, 2, d.pos, r, did, "online", ""))
-            off = av.offline_at(ready)
+                log += (ready, key | _ONLINE)
             # download
             if slots is None:
                 t = tr.down_bps.finish_time(ready + tr.latency_s, pc.down_bytes)
                 if t > off:
-                    yield env.at(off)
+                    yield at(off)
                     return self._drop(d, rs, off)
                 if t > ready:
-                    yield env.until(t)
+                    yield at(t) if t < INF else simpy.Event(env)
             else:
                 t = yield from self._transfer(env, slots, tr.down_bps, tr.latency_s, pc.down_bytes, off)
                 if t is None:
                     return self._drop(d, rs, off)
             d.dl_end = t
             if log is not None:
-                log.append((t, 3, d.pos, r, did, "download_end", ""))
+                log += (t, key | _DL_END)
             if pc.memory_bytes > tr.ram_bytes:
                 d.term, d.outcome = t, Outcome.OOM
                 if log is not None:
-                    log.append((t, 4, d.pos, r, did, "oom", f"need={pc.memory_bytes:.0f}B ram={tr.ram_bytes:.0f}B"))
+                    log += (t, key | _OOM)
+                    rs.details[(_OOM, d.pos)] = f"need={pc.memory_bytes:.0f}B ram={tr.ram_bytes:.0f}B"
                 rs.terminal(False)
                 return
             # compute
             t0 = t
             t = tr.compute_flops.finish_time(t0, pc.flops)
             if t > off:
-                yield env.at(off)
+                yield at(off)
                 return self._drop(d, rs, off)
             if t > t0:
-                yield env.until(t)
+                yield at(t) if t < INF else simpy.Event(env)
             d.c_end = t
             if log is not None:
-                log.append((t, 5, d.pos, r, did, "compute_end", ""))
+                log += (t, key | _C_END)
             # upload
             if slots is None:
                 t0 = t
                 t = tr.up_bps.finish_time(t0 + tr.latency_s, pc.up_bytes)
                 if t > off:
-                    yield env.at(off)
+                    yield at(off)
                     return self._drop(d, rs, off)
                 if t > t0:
-                    yield env.until(t)
+                    yield at(t) if t < INF else simpy.Event(env)
             else:
                 t = yield from self._transfer(env, slots, tr.up_bps, tr.latency_s, pc.up_bytes, off)
                 if t is None:
@@ -483,7 +614,7 @@ class Engine:
             d.u_end = d.term = t
             d.outcome = Outcome.OK
             if log is not None:
-                log.append((t, 6, d.pos, r, did, "upload_end", ""))
+                log += (t, key | _U_END)
             rs.terminal(True)
         except simpy.Interrupt:
             return
@@ -491,7 +622,7 @@ class Engine:
     def _drop(self, d: _Dev, rs: _Round, off: float) -> None:
         d.term, d.outcome = off, Outcome.OFFLINE
         if rs.log is not None:
-            rs.log.append((off, 7, d.pos, rs.r, d.trace.device_id, "offline", ""))
+            rs.log += (off, d.key | _OFFLINE)
         rs.terminal(False)
 
     def _transfer(self, env: _Env, slots: simpy.Resource, series, latency_s: float, nbytes: float, off: float):
@@ -519,42 +650,46 @@ class Engine:
             else:
                 req.cancel()
 
-    def _device_end_instant(self, env: _Env, d: _Dev, rs: _Round):
+    def _device_end_instant(self, env: _Env, d: _Dev, rs: _Round, slots=None):
         """FedScale's availability rule: phases run back to back; only the end instant is checked."""
-        tr, pc, log, r, did = d.trace, d.cost, rs.log, rs.r, d.trace.device_id
-        d.ready = t = d.start
-        if log is not None:
-            log.append((t, 2, d.pos, r, did, "online", ""))
-        dl = tr.down_bps.finish_time(t + tr.latency_s, pc.down_bytes)
-        oom = pc.memory_bytes > tr.ram_bytes
-        if not oom:
-            ce = tr.compute_flops.finish_time(dl, pc.flops) if dl < INF else INF
-            ue = tr.up_bps.finish_time(ce + tr.latency_s, pc.up_bytes) if ce < INF else INF
-            if ue < INF and not tr.availability.is_online(ue):
-                return self._drop(d, rs, d.start)
-        if dl > t:
-            yield env.until(dl)
-        d.dl_end = dl
-        if log is not None:
-            log.append((dl, 3, d.pos, r, did, "download_end", ""))
-        if oom:
-            d.term, d.outcome = dl, Outcome.OOM
+        tr, pc, log, key = d.trace, d.cost, rs.log, d.key
+        try:
+            d.ready = t = d.start
             if log is not None:
-                log.append((dl, 4, d.pos, r, did, "oom", f"need={pc.memory_bytes:.0f}B ram={tr.ram_bytes:.0f}B"))
-            rs.terminal(False)
+                log += (t, key | _ONLINE)
+            dl = tr.down_bps.finish_time(t + tr.latency_s, pc.down_bytes)
+            oom = pc.memory_bytes > tr.ram_bytes
+            if not oom:
+                ce = tr.compute_flops.finish_time(dl, pc.flops) if dl < INF else INF
+                ue = tr.up_bps.finish_time(ce + tr.latency_s, pc.up_bytes) if ce < INF else INF
+                if ue < INF and not tr.availability.is_online(ue):
+                    return self._drop(d, rs, d.start)
+            if dl > t:
+                yield env.until(dl)
+            d.dl_end = dl
+            if log is not None:
+                log += (dl, key | _DL_END)
+            if oom:
+                d.term, d.outcome = dl, Outcome.OOM
+                if log is not None:
+                    log += (dl, key | _OOM)
+                    rs.details[(_OOM, d.pos)] = f"need={pc.memory_bytes:.0f}B ram={tr.ram_bytes:.0f}B"
+                rs.terminal(False)
+                return
+            if ce > dl:
+                yield env.until(ce)
+            d.c_end = ce
+            if log is not None:
+                log += (ce, key | _C_END)
+            if ue > ce:
+                yield env.until(ue)
+            d.u_end = d.term = ue
+            d.outcome = Outcome.OK
+            if log is not None:
+                log += (ue, key | _U_END)
+            rs.terminal(True)
+        except simpy.Interrupt:
             return
-        if ce > dl:
-            yield env.until(ce)
-        d.c_end = ce
-        if log is not None:
-            log.append((ce, 5, d.pos, r, did, "compute_end", ""))
-        if ue > ce:
-            yield env.until(ue)
-        d.u_end = d.term = ue
-        d.outcome = Outcome.OK
-        if log is not None:
-            log.append((ue, 6, d.pos, r, did, "upload_end", ""))
-        rs.terminal(True)
 
 
 class FixedPlanDriver:

@@ -28,13 +28,12 @@ from simfed.timing.engine import (
     EngineConfig,
     EngineError,
     EngineResult,
+    EventLog,
     RoundDriver,
     RoundTiming,
-    arm_detail,
     check_plans,
     choose,
     round_timing,
-    sorted_events,
 )
 from simfed.timing.packed import PackedPopulation
 from simfed.timing.traces import Population
@@ -126,6 +125,30 @@ def round_timing_columns(r: int, start_s: float, select_s: float, end_s: float, 
     )
 
 
+def _distinct_rows(columns: Sequence[np.ndarray]) -> tuple[list[tuple], np.ndarray]:
+    """The distinct rows of equal-length columns and each row's index among them.
+
+    Same answer as ``np.unique(np.stack(columns, 1), axis=0, return_inverse=True)``, without its
+    row-wise sort of the whole table: each column is factorised on its own (1-D sorts are cheap),
+    the codes are combined into one integer per row, and only those integers are made unique.
+    """
+    code = np.zeros(len(columns[0]), dtype=np.int64)
+    values = []
+    for col in columns:
+        u, inv = np.unique(np.asarray(col, dtype=float), return_inverse=True)
+        code = code * len(u) + inv.reshape(-1)
+        values.append(u)
+    ucode, inverse = np.unique(code, return_inverse=True)
+    rows = []
+    for c in ucode.tolist():
+        row = []
+        for u in reversed(values):
+            c, j = divmod(c, len(u))
+            row.append(float(u[j]))
+        rows.append(tuple(reversed(row)))
+    return rows, inverse.reshape(-1)
+
+
 class FastEngine:
     """Same interface and results as :class:`~simfed.timing.engine.Engine`, without SimPy.
 
@@ -160,7 +183,8 @@ class FastEngine:
     def run(self, max_rounds: int) -> EngineResult:
         if max_rounds < 0:
             raise ValueError(f"max_rounds must be >= 0, got {max_rounds}")
-        result = EngineResult()
+        logged = self.config.log_events and not self.columns
+        result = EngineResult(EventLog(self.packed.device_ids) if logged else None)
         t = self.config.start_s
         gc_was_on = gc.isenabled()
         gc.disable()  # as in Engine.run: many short-lived records, no lasting cycles
@@ -208,8 +232,8 @@ class FastEngine:
         )
         timings = cols.to_timings(pk.device_ids)
         rt = round_timing(r, t, t_sel, cols.end_s_round, reason, timings)
-        if self.config.log_events:
-            result.events.extend(self._events(r, t, t_sel, cols.end_s_round, reason, rt, idx, ids, plans, timings, costs))
+        if result.log is not None:
+            self._log_round(result.log, r, t, t_sel, reason, rt, cols, [p.arm for p in plans])
         result.timings.extend(timings)
         result.rounds.append(rt)
         return cols.end_s_round, bool(self.driver.round_done(r, timings, t, cols.end_s_round))
@@ -223,12 +247,9 @@ class FastEngine:
         for name in ("sparsity_before", "sparsity_after", "rank", "local_iters", "tau"):
             if len(getattr(pc, name)) != n:
                 raise ValueError(f"driver.plan_columns for round {r}: {name} has {len(getattr(pc, name))} rows for {n} devices")
-        keys = np.stack(
-            [pc.sparsity_before, pc.sparsity_after, pc.rank, pc.local_iters, pc.tau], axis=1
-        ).astype(float)
-        uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+        uniq, inverse = _distinct_rows([pc.sparsity_before, pc.sparsity_after, pc.rank, pc.local_iters, pc.tau])
         table = np.empty((len(uniq), 4))
-        for u, (sb, sa, rank, iters, tau) in enumerate(uniq.tolist()):
+        for u, (sb, sa, rank, iters, tau) in enumerate(uniq):
             plan = Plan(r, "", Arm(max(0.0, sa - sb), int(rank)), sb, sa, int(iters), int(tau))
             c = self.cost.plan_cost(plan)
             table[u] = (c.flops, c.down_bytes, c.up_bytes, c.memory_bytes)
@@ -328,27 +349,33 @@ class FastEngine:
         )
         return cols, reason
 
-    def _events(self, r, t, t_sel, t_end, reason, rt, idx, ids, plans, timings, costs) -> list:
-        """The same log the SimPy engine writes, from the timelines."""
-        log: list[tuple] = [(t, 0, -1, r, "", "round_start", "")]
+    def _log_round(self, log: EventLog, r, t, t_sel, reason, rt, cols: "TimingColumns", arms) -> None:
+        """The same events the SimPy engine logs, from the timelines, as columns (no per-device loop)."""
+        t_end = cols.end_s_round
+        pos = cols.positions
+        out = cols.outcome
+        times, kinds, where = [np.array([t])], [np.array([KIND_RANK["round_start"]])], [np.array([-1])]
+
+        def add(mask: np.ndarray, time_s: np.ndarray | float, kind: str) -> None:
+            times.append(np.broadcast_to(time_s, mask.shape)[mask])
+            kinds.append(np.full(int(mask.sum()), KIND_RANK[kind]))
+            where.append(pos[mask])
+
+        for kind, col in (("online", cols.ready_s), ("download_end", cols.download_end_s),
+                          ("compute_end", cols.compute_end_s), ("upload_end", cols.upload_end_s)):
+            add(~np.isnan(col), col, kind)
+        is_oom = out == _CODE[Outcome.OOM]
+        add(is_oom, cols.end_s, "oom")
+        add(out == _CODE[Outcome.OFFLINE], cols.end_s, "offline")
+        for o, kind in ((Outcome.LATE, "late"), (Outcome.STRAGGLER, "straggler"), (Outcome.UNAVAILABLE, "unavailable")):
+            add(out == _CODE[o], t_end, kind)
+        times.append(np.array([t_end]))
+        kinds.append(np.array([KIND_RANK["round_end"]]))
+        where.append(np.array([-1]))
         ram = self.packed.ram_bytes
-        for pos, did, plan, tm, pc in zip(idx.tolist(), ids, plans, timings, costs):
-            log.append((t_sel, 1, pos, r, did, "select", arm_detail(plan.arm)))
-            if tm.ready_s == tm.ready_s:
-                log.append((tm.ready_s, 2, pos, r, did, "online", ""))
-            if tm.download_end_s == tm.download_end_s:
-                log.append((tm.download_end_s, 3, pos, r, did, "download_end", ""))
-            if tm.compute_end_s == tm.compute_end_s:
-                log.append((tm.compute_end_s, 5, pos, r, did, "compute_end", ""))
-            if tm.upload_end_s == tm.upload_end_s:
-                log.append((tm.upload_end_s, 6, pos, r, did, "upload_end", ""))
-            o = tm.outcome
-            if o is Outcome.OOM:
-                log.append((tm.end_s, 4, pos, r, did, "oom", f"need={pc.memory_bytes:.0f}B ram={ram[pos]:.0f}B"))
-            elif o is Outcome.OFFLINE:
-                log.append((tm.end_s, 7, pos, r, did, "offline", ""))
-            elif o is not Outcome.OK:
-                kind = {Outcome.LATE: "late", Outcome.STRAGGLER: "straggler", Outcome.UNAVAILABLE: "unavailable"}[o]
-                log.append((t_end, KIND_RANK[kind], pos, r, did, kind, ""))
-        log.append((t_end, KIND_RANK["round_end"], -1, r, "", "round_end", f"reason={reason} ok={rt.n_ok}/{rt.n_selected}"))
-        return sorted_events(log)
+        details = {
+            (KIND_RANK["oom"], p): f"need={m:.0f}B ram={ram[p]:.0f}B"
+            for p, m in zip(pos[is_oom].tolist(), cols.memory_bytes[is_oom].tolist())
+        }
+        details[(KIND_RANK["round_end"], -1)] = f"reason={reason} ok={rt.n_ok}/{rt.n_selected}"
+        log.add_round(r, t_sel, pos, arms, np.concatenate(times), np.concatenate(kinds), np.concatenate(where), details)

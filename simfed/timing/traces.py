@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -121,9 +122,19 @@ class Series:
         """Amount done from time 0 to ``t`` (cycling past the period)."""
         if t <= 0:
             return 0.0
-        k, u = wrap_time(t, self.period_s)
-        i = bisect.bisect_right(self._times, u) - 1
-        return k * self._cum[-1] + self._cum[i] + self._vals[i] * (u - self._times[i])
+        # wrap_time, inlined: this runs once per transfer and computation of every device-round
+        period = self.period_s
+        k = math.floor(t / period)
+        u = t - k * period
+        if u < 0.0:
+            u = 0.0
+        elif u >= period:
+            k += 1
+            u = 0.0
+        cum = self._cum
+        times = self._times
+        i = bisect_right(times, u) - 1 if len(times) > 1 else 0
+        return k * cum[-1] + cum[i] + self._vals[i] * (u - times[i])
 
     def amount(self, t0: float, t1: float) -> float:
         """Amount done between ``t0`` and ``t1`` (work in FLOPs, or bytes)."""
@@ -133,10 +144,27 @@ class Series:
         """The exact time at which ``amount`` started at ``t0`` completes; ``inf`` if it never does."""
         if amount <= 0:
             return t0
-        total = self._cum[-1]
+        cum = self._cum
+        total = cum[-1]
         if total <= 0:
             return math.inf
-        target = self.cumulative(t0) + amount
+        times = self._times
+        vals = self._vals
+        period = self.period_s
+        # self.cumulative(t0), inlined (same operations in the same order: results are identical)
+        if t0 <= 0:
+            done = 0.0
+        else:
+            k = math.floor(t0 / period)
+            u = t0 - k * period
+            if u < 0.0:
+                u = 0.0
+            elif u >= period:
+                k += 1
+                u = 0.0
+            i = bisect_right(times, u) - 1 if len(times) > 1 else 0
+            done = k * total + cum[i] + vals[i] * (u - times[i])
+        target = done + amount
         k = math.floor(target / total)
         rem = target - k * total
         if rem <= 0.0:  # lands exactly on a period boundary: the earliest such time
@@ -144,11 +172,14 @@ class Series:
             rem = total
         elif rem > total:  # float round-off past the period's total (would divide by a zero rate)
             rem = total
-        j = bisect.bisect_left(self._cum, rem)
-        i = j - 1
-        if i >= len(self._vals):  # float round-off past the last cumulative value
-            i = len(self._vals) - 1
-        return k * self.period_s + self._times[i] + (rem - self._cum[i]) / self._vals[i]
+        n = len(cum) - 1  # segments
+        if n == 1:  # a constant rate (0 < rem <= total): the search below would land on segment 0
+            i = 0
+        else:
+            i = bisect_left(cum, rem) - 1
+            if i >= n:  # float round-off past the last cumulative value
+                i = n - 1
+        return k * period + times[i] + (rem - cum[i]) / vals[i]
 
 
 @dataclass(frozen=True, eq=False)
@@ -185,23 +216,28 @@ class Availability:
                 raise TraceError(f"{where}: intervals not sorted or overlapping at interval {i} ({a} < {e[i - 1]})")
         return cls(tuple(s), tuple(e), float(period_s))
 
+    def __post_init__(self) -> None:
+        # Cached flags: the engine asks them for every device-round.
+        object.__setattr__(self, "_always", math.isinf(self.period_s))
+        object.__setattr__(self, "_wraps", (not self._always) and self.ends[-1] == self.period_s and self.starts[0] == 0.0)
+
     @property
     def is_always(self) -> bool:
-        return math.isinf(self.period_s)
+        return self._always
 
     def _locate(self, t: float) -> tuple[int, float, int]:
         k, u = wrap_time(t, self.period_s)
-        return k, u, bisect.bisect_right(self.starts, u) - 1
+        return k, u, bisect_right(self.starts, u) - 1
 
     def is_online(self, t: float) -> bool:
-        if self.is_always:
+        if self._always:
             return True
         _, u, i = self._locate(t)
         return i >= 0 and u < self.ends[i]
 
     def next_online(self, t: float) -> float:
         """The earliest time >= ``t`` at which the device is online."""
-        if self.is_always:
+        if self._always:
             return t
         k, u, i = self._locate(t)
         if i >= 0 and u < self.ends[i]:
@@ -215,20 +251,31 @@ class Availability:
 
         An interval ending at the period's end that continues into one starting at 0 is one session.
         """
-        if self.is_always:
+        if self._always:
             return math.inf
         k, u, i = self._locate(t)
         if not (i >= 0 and u < self.ends[i]):
             return t
+        return self._session_end(k, i)
+
+    def _session_end(self, k: int, i: int) -> float:
+        """The end of the session holding interval ``i`` of period ``k`` (follows wraps at the boundary)."""
         end = k * self.period_s + self.ends[i]
-        # follow sessions that wrap across the period boundary
-        while i == len(self.starts) - 1 and self.ends[i] == self.period_s and self.starts[0] == 0.0:
+        if self._wraps and i == len(self.starts) - 1:
             if len(self.starts) == 1:
                 return math.inf
-            k += 1
-            i = 0
-            end = k * self.period_s + self.ends[0]
+            end = (k + 1) * self.period_s + self.ends[0]
         return end
+
+    def session(self, t: float) -> tuple[float, float]:
+        """``(next_online(t), offline_at(next_online(t)))`` with one search when online at ``t``."""
+        if self._always:
+            return t, math.inf
+        k, u, i = self._locate(t)
+        if i >= 0 and u < self.ends[i]:
+            return t, self._session_end(k, i)
+        ready = k * self.period_s + self.starts[i + 1] if i + 1 < len(self.starts) else (k + 1) * self.period_s + self.starts[0]
+        return ready, self.offline_at(ready)
 
 
 @dataclass(frozen=True, eq=False)

@@ -135,3 +135,21 @@ def test_oracle_and_baselines_run_in_timing_mode(tiny_config, tmp_path):
         if method == "prune-then-tune":
             assert (devs["sparsity_before"] == 0.5).all() and (devs["p"] == 0).all()
         assert math.isfinite(s["simulated_time_s"])
+
+
+def test_discarded_work_does_not_advance_sparsity(tiny_config, tmp_path):
+    """With a tight deadline some devices are late; the server keeps their sparsity for the next round."""
+    cfg = C.load(tiny_config, ["engine.participants=0", "engine.overcommit=1.0", "engine.deadline_s=0.35",
+                               "method=uniform", "policy.method_params.rounds_to_target=5"])
+    run_config(cfg, tmp_path / "r", progress=False)
+    devs = pd.read_parquet(tmp_path / "r" / "device_rounds.parquet").sort_values(["device_id", "round"])
+    assert (devs["outcome"] == "late").any() and (devs["outcome"] == "ok").any()
+    for _, g in devs.groupby("device_id"):
+        prev = None
+        for row in g.itertuples():
+            if prev is not None:
+                expected = prev.sparsity_after if prev.outcome == "ok" else prev.sparsity_before
+                assert row.sparsity_before == pytest.approx(expected)
+            prev = row
+    late = devs[devs["outcome"] == "late"]
+    assert late["wait_s"].isna().all() and (late["reward"] == 0).all()
