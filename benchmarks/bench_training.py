@@ -1,12 +1,22 @@
 """Local-training throughput of the tiny preset: device-steps/s, achieved FLOP/s, one round's wall split.
 
-    python benchmarks/bench_training.py [--devices 16] [--iters 20] [--rank 8] [--threads 1]
+    python benchmarks/bench_training.py [--devices 16] [--iters 20] [--rank 8] [--threads 1] [--no-reference]
 
-Prints numbers measured in this run only (no thresholds): device-steps/s of one-device-at-a-time
-local training (FedSpine's prune -> tune round: LoRA steps with the importance EMA, then a pruning
-step), the FLOPs of one step counted with ``torch.utils.flop_counter`` and the achieved FLOP/s as a
-share of this host's large-matmul FLOP/s measured in the same run, and the host wall time of one
-simulated round of all devices split into training, aggregation (flexlora) and evaluation.
+Prints numbers measured in this run only (no thresholds):
+
+- the host's large-matmul FLOP/s (1024^3 fp32), measured in this run;
+- one simulated FedSpine round of ``--devices`` devices one at a time (τ LoRA steps with the
+  importance EMA, then a pruning step), at the default :class:`TrainConfig`: device-steps/s, ms per
+  step, and the achieved FLOP/s (``torch.utils.flop_counter`` FLOPs of a full-model step) as a share
+  of the large-matmul FLOP/s; the same round's host wall time split into training, aggregation
+  (flexlora) and evaluation;
+- the same local steps through the *previous* implementation (LoRA as ``y + s * (x A^T) B^T``,
+  hand-written RMSNorm, per-tensor AdamW), interleaved with the current one, as a speed ratio.
+
+Both wall time and this process's CPU time are shown: on a shared host other processes inflate wall
+time, while CPU time of a one-thread run is what the step itself costs. With ``--threads 2`` the CPU
+time counts both threads, so compare wall times there. Batching several devices into one call is
+not implemented (see docs/accuracy.md).
 """
 
 from __future__ import annotations
@@ -14,12 +24,15 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from contextlib import contextmanager
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from simfed.accuracy import model as model_mod
 from simfed.accuracy.adapters import Kept
 from simfed.accuracy.data import load_shakespeare, random_windows
 from simfed.accuracy.lora import init_factors, load_factors, remove_adapters
@@ -31,14 +44,28 @@ from simfed.accuracy.train import Trainer, TrainConfig
 from simfed.records import Arm, Plan
 
 
-def matmul_flops_per_s(n: int = 1024, reps: int = 20) -> float:
+class Clock:
+    """Wall and process-CPU seconds of a block."""
+
+    def __enter__(self) -> "Clock":
+        self.w0, self.c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall_s = time.perf_counter() - self.w0
+        self.cpu_s = time.process_time() - self.c0
+
+
+def matmul_flops_per_s(n: int = 1024, reps: int = 20) -> tuple[float, float]:
+    """(wall, CPU-time) FLOP/s of an n^3 fp32 matmul."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     for _ in range(3):
         a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t)
+    with Clock() as c:
+        for _ in range(reps):
+            a @ b
+    flops = 2 * n**3 * reps
+    return flops / c.wall_s, flops / c.cpu_s
 
 
 def step_flops(model: Model, cfg: TrainConfig, rank: int, tokens: torch.Tensor) -> float:
@@ -54,6 +81,52 @@ def step_flops(model: Model, cfg: TrainConfig, rank: int, tokens: torch.Tensor) 
     return float(counter.get_total_flops())
 
 
+# ------------------------------------------------------------------ the previous implementation
+def _reference_linear(self, x):
+    y = F.linear(x, self.weight)
+    if self.lora_A is not None:
+        y = y + self.lora_scale * F.linear(F.linear(x, self.lora_A), self.lora_B)
+    return y
+
+
+def _reference_rmsnorm(self, x):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+@contextmanager
+def reference_path():
+    """Swap in the previous Linear/RMSNorm forwards (for an A/B in the same process)."""
+    saved = model_mod.Linear.forward, model_mod.RMSNorm.forward
+    model_mod.Linear.forward, model_mod.RMSNorm.forward = _reference_linear, _reference_rmsnorm
+    try:
+        yield
+    finally:
+        model_mod.Linear.forward, model_mod.RMSNorm.forward = saved
+
+
+def local_steps(model: Model, cfg: TrainConfig, rank: int, tokens: torch.Tensor, n: int, fused: bool) -> Clock:
+    """``n`` LoRA steps with importance (what a pruning stage does), timed."""
+    shape = model.config.shape()
+    params = load_factors(model, init_factors(shape, Kept.full(shape), rank, torch.Generator().manual_seed(0)))
+    opt = torch.optim.AdamW(params, lr=cfg.lr, fused=fused)
+    gen = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        x, y = random_windows(tokens, cfg.batch_size, cfg.seq_len, gen)
+        _, loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        lora_grad_scores(model)
+        opt.step()
+
+    step()
+    with Clock() as c:
+        for _ in range(n):
+            step()
+    remove_adapters(model)
+    return c
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", type=int, default=16)
@@ -61,10 +134,11 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--p", type=float, default=0.1, help="pruning increment of the round")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--no-reference", action="store_true", help="skip the A/B against the previous implementation")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    peak = matmul_flops_per_s()
+    peak_wall, peak_cpu = matmul_flops_per_s()
     data = load_shakespeare()
     path = checkpoint_path(PretrainConfig())
     model = load_checkpoint(path)[0] if path.exists() else Model(preset("tiny"))
@@ -82,29 +156,45 @@ def main() -> None:
     warm = Trainer(model, data.clients, cfg)
     warm.run_round([Plan(0, devices[0], Arm(0.0, args.rank), 0.0, 0.0, 3, 3)], {devices[0]: agg.factors_for(args.rank, Kept.full(trainer.shape))})
 
-    t0 = time.perf_counter()
-    reports = trainer.run_round(plans, factors)
-    t_train = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    agg.aggregate([r.update for r in reports])
-    t_agg = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    trainer.evaluate(devices, delta_for=agg.delta_for)
-    t_eval = time.perf_counter() - t0
+    with Clock() as train:
+        reports = trainer.run_round(plans, factors)
+    with Clock() as aggregate:
+        agg.aggregate([r.update for r in reports])
+    with Clock() as evaluate:
+        trainer.evaluate(devices, delta_for=agg.delta_for)
 
     steps = args.devices * args.iters
-    steps_per_s = steps / t_train
     print(f"host: {os.cpu_count()} cpus, torch threads {torch.get_num_threads()}; model {model.num_params()} params; "
-          f"batch {cfg.batch_size}x{cfg.seq_len}, rank {args.rank}")
-    print(f"large-matmul (1024^3) FLOP/s            {peak / 1e9:8.1f} GFLOP/s")
+          f"batch {cfg.batch_size}x{cfg.seq_len}, rank {args.rank}, lr {cfg.lr}")
+    print(f"large-matmul (1024^3) FLOP/s            wall {peak_wall / 1e9:7.1f} GFLOP/s | cpu-time {peak_cpu / 1e9:7.1f} GFLOP/s")
     print(f"FLOPs per local step (full model)       {flops / 1e6:8.1f} MFLOP (fwd+bwd+lora-grad importance)")
-    print(f"one at a time: device-steps/s           {steps_per_s:8.1f}  ({steps} steps in {t_train:.2f} s, incl. pruning)")
-    print(f"achieved FLOP/s                         {flops * steps_per_s / 1e9:8.1f} GFLOP/s = "
-          f"{100 * flops * steps_per_s / peak:.0f}% of large-matmul (upper bound: pruned steps cost less)")
+    for label, sec, peak in (("wall", train.wall_s, peak_wall), ("cpu-time", train.cpu_s, peak_cpu)):
+        rate = steps / sec
+        print(f"one at a time ({label:8s}): {rate:6.1f} device-steps/s, {1000 * sec / steps:6.1f} ms/step; achieved "
+              f"{flops * rate / 1e9:5.1f} GFLOP/s = {100 * flops * rate / peak:3.0f}% of large-matmul "
+              f"(upper bound: pruned steps cost less)")
     print("batched (several devices per call)      not implemented")
-    total = t_train + t_agg + t_eval
-    print(f"one round of {args.devices} devices (host wall)   train {t_train:.2f} s | aggregate {t_agg:.2f} s | "
-          f"evaluate {t_eval:.2f} s | total {total:.2f} s")
+    total = train.wall_s + aggregate.wall_s + evaluate.wall_s
+    print(f"one round of {args.devices} devices (host wall)   train {train.wall_s:.2f} s | aggregate {aggregate.wall_s:.2f} s | "
+          f"evaluate {evaluate.wall_s:.2f} s | total {total:.2f} s")
+    print(f"one round of {args.devices} devices (cpu time)    train {train.cpu_s:.2f} s | aggregate {aggregate.cpu_s:.2f} s | "
+          f"evaluate {evaluate.cpu_s:.2f} s")
+
+    if not args.no_reference:
+        probe = Model(model.config)
+        probe.load_state_dict(model.state_dict())
+        probe.freeze_base()
+        tokens = data.clients[devices[0]].train
+        current, reference = [], []
+        for _ in range(3):  # interleaved, best of 3, so background load hits both alike
+            current.append(local_steps(probe, cfg, args.rank, tokens, 10, fused=True))
+            with reference_path():
+                reference.append(local_steps(probe, cfg, args.rank, tokens, 10, fused=False))
+        for label in ("wall_s", "cpu_s"):
+            cur = min(getattr(c, label) for c in current) / 10
+            ref = min(getattr(c, label) for c in reference) / 10
+            print(f"previous vs current step ({label[:-2]:4s})      {1000 * ref:6.1f} ms -> {1000 * cur:6.1f} ms "
+                  f"(x{ref / cur:.2f}; full model, importance on)")
 
 
 if __name__ == "__main__":

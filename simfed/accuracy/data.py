@@ -147,11 +147,16 @@ class ShakespeareData:
     def client_ids(self) -> list[str]:
         return list(self.clients)
 
-    def pick_clients(self, n: int, seed: int) -> list[str]:
-        """``n`` client ids drawn without replacement with a seeded generator (sorted for stable order)."""
-        ids = self.client_ids()
+    def pick_clients(self, n: int, seed: int, min_train_chars: int = 0) -> list[str]:
+        """``n`` client ids drawn without replacement with a seeded generator (sorted for stable order).
+
+        ``min_train_chars`` draws only from roles with at least that many training characters: a
+        role of a few thousand characters is seen many times over in a few rounds and its local
+        adapter overfits (docs/accuracy.md, "Making federated tuning help").
+        """
+        ids = [c for c in self.client_ids() if len(self.clients[c].train) >= min_train_chars]
         if not 1 <= n <= len(ids):
-            raise ValueError(f"n_clients must be in [1, {len(ids)}], got {n}")
+            raise ValueError(f"n_clients must be in [1, {len(ids)}] (roles with >= {min_train_chars} training characters), got {n}")
         rng = np.random.default_rng(seed)
         return sorted(ids[i] for i in rng.choice(len(ids), size=n, replace=False))
 

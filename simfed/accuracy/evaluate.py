@@ -65,7 +65,7 @@ def merged(model: Model, delta: Delta | None) -> Iterator[Model]:
             linears[key].weight.data = w
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate_tokens(model: Model, tokens: torch.Tensor, seq_len: int, batch_size: int = 64) -> EvalResult:
     """Loss and accuracy of ``model`` on one encoded text."""
     x, y = eval_windows(tokens, seq_len)

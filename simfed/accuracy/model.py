@@ -85,10 +85,13 @@ class Linear(nn.Linear):
         self.lora_scale: float = 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight)
-        if self.lora_A is not None:
-            y = y + self.lora_scale * F.linear(F.linear(x, self.lora_A), self.lora_B)
-        return y
+        if self.lora_A is None:
+            return F.linear(x, self.weight)
+        # (x A^T) B^T added inside one addmm with alpha = scale: no merged weight, and no separate
+        # scale and add passes over the [tokens, out] output (measured ~6 % of a local step).
+        x2 = x.reshape(-1, x.shape[-1])
+        y = torch.addmm(F.linear(x2, self.weight), F.linear(x2, self.lora_A), self.lora_B.t(), alpha=self.lora_scale)
+        return y.view(*x.shape[:-1], y.shape[-1])
 
 
 class RMSNorm(nn.Module):
@@ -98,7 +101,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        # torch's rms_norm: the same x * rsqrt(mean(x^2) + eps) * weight in fewer passes
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

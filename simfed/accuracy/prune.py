@@ -64,7 +64,7 @@ def lora_grad_scores(model: Model) -> list[LayerScores]:
             A, B, gA, gB = lin.lora_A, lin.lora_B, lin.lora_A.grad, lin.lora_B.grad
             if gA is None or gB is None:
                 raise ValueError("lora-grad importance needs LoRA gradients: call it after backward()")
-            g_hat = gB @ A + (B - gB) @ gA  # = G_B·A + B·G_A − G_B·G_A
+            g_hat = torch.addmm(gB @ A, B - gB, gA)  # = G_B·A + B·G_A − G_B·G_A
             merged = torch.addmm(lin.weight, B, A, alpha=lin.lora_scale)  # W + s·B·A
             elem[m] = (g_hat * merged).abs_()
         out.append(_normalise(_group_sums(block, hd, elem)))

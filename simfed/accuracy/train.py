@@ -152,7 +152,8 @@ class Trainer:
         model = st.model
         model.train()
         params = load_factors(model, factors)
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # fused: one kernel for all LoRA tensors instead of a loop of small per-tensor ops
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         stages = round_schedule(plan.sparsity_before, plan.sparsity_after, plan.local_iters, plan.tau)
         targets = iter(stage_targets(plan.sparsity_before, plan.sparsity_after, sum(s.prune_after for s in stages)))
         score_fn = criterion(cfg.criterion)

@@ -15,7 +15,16 @@ with every factor built only from what the server observes (an :class:`~simfed.r
   update; in training runs the loss and importance terms also measure this, but in timing-only runs
   it is the only term that rewards capacity, without which every device would just play the cheapest
   arm.
-* ``F_time = min(c, T̄ / T_i) ** λ``: T̄ is the round's mean completion time, T_i the device's.
+* ``F_time = min(c, T_ref / T_i) ** λ``: T_i is the device's completion time; T_ref is the round's
+  mean completion time T̄ (default), a quantile of the round's times (``time_reference="quantile"``,
+  Oort's preferred duration) or the largest *other* device's time (``"others-max"``: the straggler is
+  charged for the time by which it extended the round). On the timing layer the mean did best; the
+  others fill up until the pace drifts up (quantile) or the signal is too sparse (others-max)
+  (docs/decisions.md, "Timing-layer study").
+
+The capacity weight w_R = 0.1 (was 0.5): with λ = 2 a device's optimum spends w_R/λ of its time on
+rank; at 0.25 every device of a compute-bound model went to large ranks and the round lengthened
+(measured, docs/decisions.md).
 
 Timing-only runs (NaN losses and norms) make ``F_loss`` and ``F_importance`` neutral (= 1), so the
 reward is still meaningful: pruning progress × capacity × relative speed.
@@ -27,7 +36,7 @@ depend on k_i: a straggler and a fast device would want the same arm. With the c
 than its peers gains nothing by being faster still, so it spends its slack on capacity (large r up to
 the point where it would become slower than average), while a device slower than its peers is
 penalised for every second it adds and prefers the arm with the best capacity-per-time trade:
-a smaller r (its rank share of the time must fall to w_R/λ) and a larger p (progress, and a
+a smaller r (its rank share of the time must fall to w_R/λ, 5 % by default) and a larger p (progress, and a
 smaller model for the rest of the round). That is the behaviour DESIGN §3 asks of a straggler.
 With the default weights every factor is in [0, 1], so the reward is in [0, 1].
 """
@@ -51,7 +60,7 @@ class RewardWeights:
     loss: float = 0.5  # w_L: share of F_loss that depends on the loss drop
     prune: float = 0.5  # w_S: share of F_prune that depends on pruning progress
     importance: float = 0.3  # w_I: share of F_importance that depends on the update norm
-    rank: float = 0.5  # w_R: exponent of the capacity prior (r / r_ref)
+    rank: float = 0.1  # w_R: exponent of the capacity prior (r / r_ref)
     rank_ref: int = 32  # r_ref: the rank at which F_rank reaches 1 (the arm space's r_max)
     time_exponent: float = 2.0  # λ
     time_cap: float = 1.0  # c: the most F_time's ratio can reach (inf: the plain Eq. 9 ratio)

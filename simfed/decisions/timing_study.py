@@ -9,6 +9,15 @@ rewards (:func:`simfed.decisions.reward.round_rewards`) and updates the policy. 
 device-round. The full server loop (with training) lives elsewhere; this one exists so that the
 decisions layer can show, on real traces and the real cost model, what S-UCB learns (DESIGN §3:
 stragglers should get larger pruning ratios and/or smaller ranks; waiting time should fall).
+
+Which model the time layer costs is a parameter (:func:`study_cost`). The study's default is the
+``smollm2-135m`` preset's shape with a batch of 8 sequences of 128 tokens (the scale of the paper's
+RoBERTa runs on the Jetsons: a ~125-135 M-parameter model, batch 8-32; reference notes §6.2): a
+round then takes about a minute and both compute (frozen weights, shrinking with sparsity) and
+communication (LoRA factors, growing with rank) matter. With the ``tiny`` preset's shape a round is
+under a second, 80 % of the straggler's time is the transfer of a few hundred kB, and the round is
+set by whichever device drew the worst 60-s Wi-Fi slot, so no arm choice moves the waiting time
+(docs/decisions.md, "Timing-layer study", has the measurements).
 """
 
 from __future__ import annotations
@@ -23,6 +32,23 @@ from simfed.decisions.policies import Policy
 from simfed.decisions.reward import DEFAULT_WEIGHTS, RewardWeights, round_reward_terms
 from simfed.records import DeviceTiming, Observation, Outcome, Plan
 from simfed.structure import next_sparsity
+
+#: The cost model the timing study uses by default (see the module docstring).
+STUDY_PRESET = "smollm2-135m"
+STUDY_BATCH_SIZE = 8
+STUDY_SEQ_LEN = 128
+#: S-UCB's parameters in the timing study: less exploration than the bandit-study defaults, because
+#: in a synchronous round of many devices the slowest one sets the round, so any device's
+#: exploration of a slow arm is paid by all (docs/decisions.md).
+STUDY_SUCB_PARAMS: dict[str, Any] = {"exploration": 0.05, "nu": 0.1}
+
+
+def study_cost(preset: str = STUDY_PRESET, batch_size: int = STUDY_BATCH_SIZE, seq_len: int = STUDY_SEQ_LEN):
+    """The analytical cost model (:class:`simfed.timing.cost.CostModel`) of a model preset's shape."""
+    from simfed.accuracy.presets import preset as get_preset
+    from simfed.timing.cost import CostModel
+
+    return CostModel(get_preset(preset).shape(), batch_size=batch_size, seq_len=seq_len)
 
 
 class PolicyTimingDriver:
@@ -96,6 +122,11 @@ def run_timing_study(population, cost, policy: Policy, *, rounds: int, s_star: f
                                 device_types=types)
     Engine(population, cost, EngineConfig(log_events=False), driver).run(rounds)
     return driver.table()
+
+
+def waiting_by_round(table: pd.DataFrame) -> pd.Series:
+    """Mean waiting time (round end − device end, over the devices that finished OK) per round."""
+    return table.groupby("round")["waiting_s"].mean()
 
 
 def summary_by_type(table: pd.DataFrame, rounds: Sequence[int]) -> pd.DataFrame:

@@ -47,10 +47,13 @@ OPTIMIZER_FLOPS_PER_PARAM = {
 # Optimizer state tensors kept per trainable parameter (besides the parameter and its gradient).
 OPTIMIZER_STATES_PER_PARAM = {"adamw": 2, "sgd": 0}
 
-# Importance step per adapted linear, per weight element (see ImportanceCost in docs/timing.md):
-# combine the three G_hat products (2), scale B A by s (1), add W (1), multiply by G_hat (1),
-# absolute value (1), sum into the group (1).
-IMPORTANCE_ELEMENTWISE_PER_WEIGHT = 7
+# Importance step per adapted linear, as simfed.accuracy.prune.lora_grad_scores computes it:
+# G_hat = G_B A + (B - G_B) G_A (two [d_out, r] @ [r, d_in] products; the same value as LoRAPrune's
+# G_B A + B G_A - G_B G_A with one product fewer) and W + s B A (one addmm): three products.
+IMPORTANCE_MATMULS_PER_LINEAR = 3
+# Per weight element: add the two G_hat products (1), scale B A by s and add W inside addmm (2),
+# multiply by G_hat (1), absolute value (1), sum into the group (1).
+IMPORTANCE_ELEMENTWISE_PER_WEIGHT = 6
 # Per group score: normalise within the layer (2) and update the EMA (3).
 IMPORTANCE_FLOPS_PER_SCORE = 5
 
@@ -110,6 +113,12 @@ class CostModel:
     probability matrix). ``importance`` turns FedSpine's importance step on for iterations that
     lead to a pruning step.
 
+    ``iteration_overhead_flops`` is a fixed cost per local iteration, in FLOPs of the host it was
+    calibrated on: the framework's dispatch of the ~10^3 small operations of a step, which does not
+    shrink with pruning and dominates small models (``benchmarks/bench_cost_model.py`` fits it together
+    with the host's throughput over a (sparsity, rank) grid; docs/timing.md gives the numbers). It
+    defaults to 0 (FLOPs only); expressed in FLOPs, it scales with each device's throughput trace.
+
     Results are cached per distinct (structure, rank) and per distinct plan shape, because a
     timing run asks for the same few configurations millions of times.
     """
@@ -126,11 +135,14 @@ class CostModel:
         act_bytes: float | None = None,
         logit_bytes: float = 4,
         attention: str = "sdpa",
+        iteration_overhead_flops: float = 0.0,
     ) -> None:
         if batch_size < 1 or seq_len < 1:
             raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
         if optimizer not in OPTIMIZER_FLOPS_PER_PARAM:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZER_FLOPS_PER_PARAM)}, got {optimizer!r}")
+        if not (math.isfinite(iteration_overhead_flops) and iteration_overhead_flops >= 0):
+            raise ValueError(f"iteration_overhead_flops must be a finite number >= 0, got {iteration_overhead_flops!r}")
         if attention not in ("sdpa", "eager"):
             raise ValueError(f"attention must be 'sdpa' or 'eager', got {attention!r}")
         for name, value in (("param_bytes", param_bytes), ("lora_bytes", lora_bytes), ("logit_bytes", logit_bytes)):
@@ -146,6 +158,7 @@ class CostModel:
         self.optimizer = optimizer
         self.importance = bool(importance)
         self.attention = attention
+        self.iteration_overhead_flops = float(iteration_overhead_flops)
         self._iter_cache: dict[tuple, float] = {}
         self._plan_cache: dict[tuple, PlanCost] = {}
 
@@ -156,7 +169,8 @@ class CostModel:
         ``forward_matmul``/``backward_matmul``/``importance_matmul`` are matmul FLOPs (what
         ``torch.utils.flop_counter`` counts); ``elementwise`` (norms, RoPE, softmax, SwiGLU,
         residuals, LoRA merge, loss; forward and backward), ``optimizer`` and
-        ``importance_elementwise`` are the rest. ``with_importance`` defaults to the model's setting.
+        ``importance_elementwise`` are the rest; ``overhead`` is ``iteration_overhead_flops``.
+        ``with_importance`` defaults to the model's setting.
         """
         sh = self.shape
         use_imp = self.importance if with_importance is None else bool(with_importance)
@@ -204,9 +218,10 @@ class CostModel:
         imp_mm = imp_ew = 0.0
         if use_imp:
             weights = sum(o * i for o, i in dims.values())
-            # G_hat = G_B A + B G_A - G_B G_A (three [d_out, r] @ [r, d_in] products) and B A.
-            imp_mm = L * 4 * 2 * r * weights
-            imp_ew = L * (IMPORTANCE_ELEMENTWISE_PER_WEIGHT * weights + IMPORTANCE_FLOPS_PER_SCORE * (g + c))
+            # G_B A, (B - G_B) G_A and addmm(W, B, A): [d_out, r] @ [r, d_in] products.
+            imp_mm = L * IMPORTANCE_MATMULS_PER_LINEAR * 2 * r * weights
+            b_minus_gb = sum(o * r for o, _ in dims.values())
+            imp_ew = L * (IMPORTANCE_ELEMENTWISE_PER_WEIGHT * weights + b_minus_gb + IMPORTANCE_FLOPS_PER_SCORE * (g + c))
         return {
             "forward_matmul": float(forward),
             "backward_matmul": float(backward),
@@ -214,6 +229,7 @@ class CostModel:
             "elementwise": float(elementwise),
             "optimizer": float(optimizer),
             "importance_elementwise": float(imp_ew),
+            "overhead": self.iteration_overhead_flops,
         }
 
     def matmul_flops(self, structure: Structure, rank: int, with_importance: bool | None = None) -> float:

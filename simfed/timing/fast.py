@@ -132,21 +132,16 @@ def _distinct_rows(columns: Sequence[np.ndarray]) -> tuple[list[tuple], np.ndarr
     row-wise sort of the whole table: each column is factorised on its own (1-D sorts are cheap),
     the codes are combined into one integer per row, and only those integers are made unique.
     """
-    code = np.zeros(len(columns[0]), dtype=np.int64)
-    values = []
-    for col in columns:
-        u, inv = np.unique(np.asarray(col, dtype=float), return_inverse=True)
-        code = code * len(u) + inv.reshape(-1)
-        values.append(u)
-    ucode, inverse = np.unique(code, return_inverse=True)
-    rows = []
-    for c in ucode.tolist():
-        row = []
-        for u in reversed(values):
-            c, j = divmod(c, len(u))
-            row.append(float(u[j]))
-        rows.append(tuple(reversed(row)))
-    return rows, inverse.reshape(-1)
+    cols = [np.asarray(c, dtype=float).reshape(-1) for c in columns]
+    code = np.zeros(len(cols[0]), dtype=np.int64)
+    first = np.zeros(min(1, len(code)), dtype=np.int64)
+    for col in cols:
+        u, inv = np.unique(col, return_inverse=True)
+        # re-number after each column so the combined code stays below the row count (no overflow)
+        _, first, code = np.unique(code * len(u) + inv.reshape(-1), return_index=True, return_inverse=True)
+        code = code.reshape(-1)
+    rows = [tuple(float(c[i]) for c in cols) for i in first.tolist()]
+    return rows, code
 
 
 class FastEngine:

@@ -26,7 +26,7 @@ def test_timing_only_reward_is_progress_times_capacity_times_speed():
     terms = reward_terms(o, w)
     assert terms.loss == 1.0 and terms.importance == 1.0  # neutral without losses and norms
     assert terms.prune == pytest.approx(0.5 + 0.5 * 0.1 / 0.5)
-    assert terms.rank == pytest.approx((8 / 32) ** 0.5)
+    assert terms.rank == pytest.approx((8 / 32) ** w.rank)
     assert terms.time == pytest.approx(0.5**2)
     assert terms.total == pytest.approx(terms.prune * terms.rank * terms.time)
     assert 0.0 < terms.total <= 1.0
@@ -76,3 +76,20 @@ def test_bad_weights_name_the_field():
         RewardWeights(prune=2.0)
     with pytest.raises(ValueError, match="bogus"):
         RewardWeights.from_dict({"bogus": 1})
+
+
+def test_time_reference_mean_quantile_and_others_max():
+    times = {"a": 10.0, "b": 20.0, "c": 30.0, "d": 40.0}
+    round_obs = [obs(k, t=v, tbar=25.0) for k, v in times.items()]
+    ctx = RoundContext.from_observations(round_obs)
+    assert ctx.completion_s == (10.0, 20.0, 30.0, 40.0)
+    assert ctx.time_reference_s(round_obs[3], RewardWeights()) == 25.0
+    assert ctx.time_reference_s(round_obs[3], RewardWeights(time_reference="quantile", time_quantile=0.5)) == 25.0
+    assert ctx.time_reference_s(round_obs[0], RewardWeights(time_reference="quantile", time_quantile=0.9)) == pytest.approx(37.0)
+    om = RewardWeights(time_reference="others-max")
+    assert ctx.time_reference_s(round_obs[3], om) == 30.0  # the straggler is charged against the runner-up
+    assert ctx.time_reference_s(round_obs[1], om) == 40.0
+    r = {k: t.time for k, t in __import__("simfed.decisions.reward", fromlist=["x"]).round_reward_terms(round_obs, om).items()}
+    assert r["a"] == r["c"] == 1.0 and r["d"] == pytest.approx((30 / 40) ** 2)
+    with pytest.raises(ValueError, match="time_reference"):
+        RewardWeights(time_reference="median")

@@ -102,3 +102,14 @@ def test_max_depth_bounds_the_tree():
     for _ in range(200):
         tree.learn(tree.choose(), 0.5)
     assert tree.size() <= 2 ** 4 - 1
+
+
+def test_split_after_replays_a_leaf_before_refining_it():
+    tree = SUCBTree(seed=0, split_after=2.0)
+    assert [tree.split_threshold(h) for h in (0, 1, 2, 4)] == [2, 3, 4, 8]
+    first = tree.choose()
+    assert not tree.root.children  # one play is not enough at depth 0
+    tree.learn(first, 0.5)
+    second = tree.choose()
+    assert second[0] == first[0] and tree.root.children  # the same point again, then the split
+    assert SUCBTree(seed=0).split_threshold(5) == 1  # default: HOO

@@ -89,18 +89,28 @@ def test_iteration_matmul_flops_match_torch_flop_counter(sparsity: float, rank: 
 
 
 def test_importance_matmul_flops_match_torch() -> None:
-    """The importance step's matmuls: G_B A + B G_A - G_B G_A and W + s B A, per adapted linear."""
-    st = structure_at(SHAPE, 0.5)
+    """The importance step's matmuls, as the trainer computes them (prune.lora_grad_scores:
+    G_B A + (B - G_B) G_A and addmm(W, B, A), per adapted linear), counted by torch."""
+    from simfed.accuracy.model import Model, ModelConfig
+    from simfed.accuracy.prune import lora_grad_scores
+
+    cfg = ModelConfig(vocab_size=SHAPE.vocab_size, d_model=SHAPE.d_model, n_layers=SHAPE.n_layers, n_heads=SHAPE.n_heads,
+                      n_kv_heads=SHAPE.n_kv_heads, d_ff=SHAPE.d_ff, max_seq_len=8, head_dim=SHAPE.head_dim)
+    torch.manual_seed(0)
+    model = Model(cfg)
+    st = structure_at(SHAPE, 0.0)
     rank = 3
+    for block in model.layers:
+        for m in ("q", "k", "v", "o", "gate", "up", "down"):
+            lin = block.linear(m)
+            d_out, d_in = lin.weight.shape
+            lin.lora_A = torch.nn.Parameter(torch.randn(rank, d_in))
+            lin.lora_B = torch.nn.Parameter(torch.randn(d_out, rank))
+            lin.lora_A.grad, lin.lora_B.grad = torch.randn(rank, d_in), torch.randn(d_out, rank)
+            lin.lora_scale = 2.0
     counter = FlopCounterMode(display=False)
     with counter:
-        for _ in range(SHAPE.n_layers):
-            for d_out, d_in in linear_dims(SHAPE, st).values():
-                A, B = torch.randn(rank, d_in), torch.randn(d_out, rank)
-                gA, gB = torch.randn(rank, d_in), torch.randn(d_out, rank)
-                W = torch.randn(d_out, d_in)
-                g_hat = gB @ A + B @ gA - gB @ gA
-                (g_hat * (W + 2.0 * (B @ A))).abs()
+        lora_grad_scores(model)
     cost = CostModel(SHAPE, batch_size=2, seq_len=4)
     b = cost.iteration_breakdown(st, rank, with_importance=True)
     assert b["importance_matmul"] == counter.get_total_flops()

@@ -260,3 +260,28 @@ def test_with_the_real_cost_model() -> None:
     flops = [t.compute_flops for t in res.timings]
     assert flops[0] > flops[1] > flops[2] == flops[3]
     assert [t.outcome for t in res.timings] == [Outcome.OK] * 4
+
+
+def test_event_log_is_columnar_and_built_on_demand() -> None:
+    """The engine records columns; Event records are built once, on first access, in canonical order."""
+    from simfed.timing.engine import EVENT_KINDS
+
+    res = _run([_a(), _b(), _c()], rounds=2)
+    cols = res.log.columns()
+    assert len(res.log) == len(cols["time_s"]) == 2 * 17
+    events = res.events
+    assert events is res.events  # cached
+    assert [(e.time_s, e.round, e.device_id, e.kind) for e in events] == [
+        (t, r, "" if p < 0 else "ABC"[p], EVENT_KINDS[k])
+        for t, r, p, k in zip(cols["time_s"].tolist(), cols["round"].tolist(), cols["position"].tolist(), cols["kind"].tolist())
+    ]
+    assert [e.detail for e in events if e.kind == "round_end"] == ["reason=all ok=3/3", "reason=all ok=2/3"]  # C drops at 30 in round 1
+    quiet = _run([_a(), _b()], EngineConfig(log_events=False))
+    assert quiet.log is None and quiet.events == []
+    assert timing_rows(quiet.timings) == timing_rows(_run([_a(), _b()]).timings)
+
+
+def test_oom_event_keeps_its_detail() -> None:
+    res = _run([device("S", ram=50.0)])
+    (oom,) = [e for e in res.events if e.kind == "oom"]
+    assert oom.detail == "need=100B ram=50B" and oom.time_s == 3.0

@@ -177,3 +177,25 @@ def test_column_mode_needs_a_column_driver() -> None:
 
     with pytest.raises(ValueError, match="ColumnDriver"):
         FastEngine(random_population(2, seed=1), COST, EngineConfig(), RecordsOnly(), columns=True)
+
+
+def test_distinct_rows_matches_numpy_unique() -> None:
+    from simfed.timing.fast import _distinct_rows
+
+    rng = np.random.default_rng(0)
+    n = 500
+    cols = [rng.integers(0, 3, n) / 4, rng.integers(0, 2, n) * 0.1, rng.integers(1, 4, n), np.full(n, 20), rng.integers(5, 7, n)]
+    rows, inverse = _distinct_rows(cols)
+    uniq, expected = np.unique(np.stack(cols, 1).astype(float), axis=0, return_inverse=True)
+    assert rows == [tuple(r) for r in uniq.tolist()]
+    assert np.array_equal(inverse, expected.reshape(-1))
+
+
+def test_column_mode_rows_equal_record_mode() -> None:
+    pop = random_population(40, seed=8)
+    cfg = EngineConfig(participants=10, overcommit=1.3, deadline_s=60.0, seed=3)
+    rec = FastEngine(pop, COST, cfg, FixedPlanDriver(Arm(0.1, 8), 0.5, 20, 10)).run(4)
+    arr = FastEngine(pop, COST, cfg, FixedPlanDriver(Arm(0.1, 8), 0.5, 20, 10), columns=True).run(4)
+    ids = [d.device_id for d in pop.devices]
+    assert timing_rows([t for c in arr.columns for t in c.to_timings(ids)]) == timing_rows(rec.timings)
+    assert round_rows(arr.rounds) == round_rows(rec.rounds)

@@ -51,6 +51,7 @@ class Cell:
     stamp: int = 0
     ewma: float = 0.0  # the cell's exponentially weighted mean reward over its own visits ("visits" mode)
     played: bool = False
+    visits: int = 0  # plays that fell in the cell (undiscounted; decides when a leaf splits)
     children: list["Cell"] = field(default_factory=list)
 
     def centre(self) -> tuple[float, float]:
@@ -66,8 +67,9 @@ class SUCBTree:
     def __init__(self, seed: int, *, discount: float = 0.9, exploration: float = 0.2, nu: float = 0.3,
                  rho: float = 2 ** -0.5, play: str = "centre", max_depth: int = 10,
                  axes: Sequence[int] = (0, 1), fixed_point: tuple[float, float] = (0.5, 0.5),
-                 discount_by: str = "visits") -> None:
+                 discount_by: str = "visits", split_after: float = 0.0) -> None:
         self.discount = discount
+        self.split_after = split_after
         self.discount_by = discount_by
         self.exploration = exploration
         self.nu = nu
@@ -134,12 +136,26 @@ class SUCBTree:
             cell = self._rng.choice(ties) if len(ties) > 1 else ties[0]
             path.append(cell)
         point = self._point_in(cell)
-        self._split(cell)
+        if cell.visits + 1 >= self.split_threshold(cell.depth):
+            self._split(cell)
         return point, path
+
+    def split_threshold(self, depth: int) -> int:
+        """Plays of a depth-``depth`` leaf before it splits: max(1, ceil(m·ρ^−h)), m = ``split_after``.
+
+        m = 0 is HOO (split on the first play). m > 0 is HCT-style (Azar, Lazaric & Brunskill, ICML 2014):
+        a leaf is replayed until its mean is known to about its smoothness scale ν·ρ^h, so the tree
+        refines only where the evidence supports it and each device plays fewer distinct points.
+        """
+        if self.split_after <= 0:
+            return 1
+        return max(1, math.ceil(self.split_after * self.rho ** (-depth) - 1e-9))
 
     def learn(self, choice: tuple[tuple[float, float], list[Cell]], reward: float) -> None:
         _, path = choice
         self._t += 1
+        for cell in path:
+            cell.visits += 1
         if self.discount_by == "visits":
             for cell in path:
                 cell.n += 1.0
@@ -198,8 +214,10 @@ class SUCB(PerDevicePolicy):
     def __init__(self, *, arm_space: ArmSpace | None = None, seed: int = 0, discount: float = 0.9,
                  exploration: float = 0.2, nu: float = 0.3, rho: float = 2 ** -0.5, play: str = "centre",
                  max_depth: int = 10, fix_p: float | None = None, fix_r: int | None = None,
-                 discount_by: str = "visits") -> None:
+                 discount_by: str = "visits", split_after: float = 0.0) -> None:
         super().__init__(arm_space=arm_space, seed=seed)
+        if not (split_after >= 0 and math.isfinite(split_after)):
+            raise ValueError(f"sucb: split_after must be a finite number >= 0, got {split_after!r}")
         if discount_by not in DISCOUNT_MODES:
             raise ValueError(f"sucb: discount_by must be one of {DISCOUNT_MODES}, got {discount_by!r}")
         if not (0.0 < discount <= 1.0):
@@ -227,13 +245,14 @@ class SUCB(PerDevicePolicy):
         self.fix_p = fix_p
         self.fix_r = fix_r
         self.discount_by = discount_by
+        self.split_after = split_after
 
     def _new_learner(self, seed: int) -> SUCBTree:
         fixed = self.arm_space.to_unit(Arm(p=self.fix_p or 0.0, r=self.fix_r or self.arm_space.r_min))
         axes = tuple(k for k, pinned in ((0, self.fix_p is not None), (1, self.fix_r is not None)) if not pinned)
         return SUCBTree(seed, discount=self.discount, exploration=self.exploration, nu=self.nu, rho=self.rho,
                         play=self.play, max_depth=self.max_depth, axes=axes, fixed_point=fixed,
-                        discount_by=self.discount_by)
+                        discount_by=self.discount_by, split_after=self.split_after)
 
     def _arm_of(self, choice) -> Arm:
         (u_p, u_r), _ = choice
