@@ -15,13 +15,15 @@ Prints numbers measured in this run only (no thresholds):
 
 Both wall time and this process's CPU time are shown: on a shared host other processes inflate wall
 time, while CPU time of a one-thread run is what the step itself costs. With ``--threads 2`` the CPU
-time counts both threads, so compare wall times there. Batching several devices into one call is
-not implemented (see docs/accuracy.md).
+time counts both threads, so compare wall times there. ``--batched`` also times a prototype that runs
+all devices' steps as one batched call (bmm over stacked weights); it was no faster, so the Trainer
+does not use it (see docs/accuracy.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
 from contextlib import contextmanager
@@ -33,10 +35,10 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from simfed.accuracy import model as model_mod
-from simfed.accuracy.adapters import Kept
+from simfed.accuracy.adapters import MODULES, Kept
 from simfed.accuracy.data import load_shakespeare, random_windows
 from simfed.accuracy.lora import init_factors, load_factors, remove_adapters
-from simfed.accuracy.model import Model
+from simfed.accuracy.model import Model, rotate_half
 from simfed.accuracy.presets import preset
 from simfed.accuracy.pretrain import PretrainConfig, checkpoint_path, load_checkpoint
 from simfed.accuracy.prune import lora_grad_scores
@@ -127,6 +129,101 @@ def local_steps(model: Model, cfg: TrainConfig, rank: int, tokens: torch.Tensor,
     return c
 
 
+# ------------------------------------------------------------------ batched prototype (not kept)
+# D devices' local steps as one call: stacked frozen weights [D, out, in], stacked LoRA factors, bmm.
+# Same-structure devices only (a real integration would group devices by structure and pad ranks).
+# Measured no faster than one at a time (docs/accuracy.md), so the Trainer does not use it; it is
+# here so the comparison can be re-run: ``--batched``.
+
+def stack_model(models: list[Model], rank: int, gen: torch.Generator):
+    """Stacked frozen weights [D, out, in] per (layer, module) and fresh LoRA factors [D, r, in] / [D, out, r]."""
+    D = len(models)
+    W, A, B = {}, {}, {}
+    for l in range(len(models[0].layers)):
+        for m in MODULES:
+            w = torch.stack([mm.layers[l].linear(m).weight.detach() for mm in models])
+            W[(l, m)] = w
+            A[(l, m)] = ((torch.rand(D, rank, w.shape[2], generator=gen) * 2 - 1) / math.sqrt(w.shape[2])).requires_grad_()
+            B[(l, m)] = torch.zeros(D, w.shape[1], rank, requires_grad=True)
+    norms = [(torch.stack([mm.layers[l].attn_norm.weight.detach() for mm in models]),
+              torch.stack([mm.layers[l].mlp_norm.weight.detach() for mm in models])) for l in range(len(models[0].layers))]
+    emb = torch.stack([mm.embed.weight.detach() for mm in models])
+    fnorm = torch.stack([mm.norm.weight.detach() for mm in models])
+    return W, A, B, norms, emb, fnorm
+
+def batched_loss(model0: Model, W, A, B, norms, emb, fnorm, scale, x, y):
+    """x, y: [D, Bt, T]. Mean over devices of each device's mean CE (so each device's grads are its own)."""
+    D, Bt, T = x.shape
+    cfg = model0.config; hd = cfg.head_dim; eps = cfg.norm_eps
+    cos, sin = model0.rope_cos[:T], model0.rope_sin[:T]
+    h = torch.stack([F.embedding(x[d], emb[d]) for d in range(D)]).view(D, Bt * T, -1)  # [D, N, d]
+    def lin(l, m, z):
+        xa = torch.bmm(z, A[(l, m)].transpose(1, 2))
+        return torch.baddbmm(torch.bmm(z, W[(l, m)].transpose(1, 2)), xa, B[(l, m)].transpose(1, 2), alpha=scale)
+    def rms(z, w):
+        return F.rms_norm(z, (z.shape[-1],), None, eps) * w[:, None, :]
+    for l in range(cfg.n_layers):
+        z = rms(h, norms[l][0])
+        nh = W[(l, "q")].shape[1] // hd; nkv = W[(l, "k")].shape[1] // hd
+        q = lin(l, "q", z).view(D * Bt, T, nh, hd).transpose(1, 2)
+        k = lin(l, "k", z).view(D * Bt, T, nkv, hd).transpose(1, 2)
+        v = lin(l, "v", z).view(D * Bt, T, nkv, hd).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin; k = k * cos + rotate_half(k) * sin
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(D, Bt * T, nh * hd)
+        h = h + lin(l, "o", att)
+        z = rms(h, norms[l][1])
+        h = h + lin(l, "down", F.silu(lin(l, "gate", z)) * lin(l, "up", z))
+    logits = torch.bmm(rms(h, fnorm), emb.transpose(1, 2))  # [D, N, V]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)) * D  # sum of per-device means
+
+@torch.no_grad()
+def batched_importance(W, A, B, scale):
+    out = {}
+    for key in W:
+        a, b = A[key], B[key]; ga, gb = a.grad, b.grad
+        g_hat = torch.baddbmm(torch.bmm(gb, a), b - gb, ga)
+        out[key] = (g_hat * torch.baddbmm(W[key], b, a, alpha=scale)).abs_()
+    return out
+
+
+def batched_vs_single(model: Model, cfg: TrainConfig, rank: int, tokens: list[torch.Tensor]) -> None:
+    """Print ms per device-step of the batched prototype and of one-at-a-time steps, interleaved."""
+    D = len(tokens)
+    models = []
+    for _ in range(D):
+        m = Model(model.config)
+        m.load_state_dict(model.state_dict())
+        m.freeze_base()
+        models.append(m)
+    scale = cfg.alpha / math.sqrt(rank)
+    W, A, B, norms, emb, fnorm = stack_model(models, rank, torch.Generator().manual_seed(0))
+    opt = torch.optim.AdamW(list(A.values()) + list(B.values()), lr=cfg.lr, fused=True)
+    gens = [torch.Generator().manual_seed(i) for i in range(D)]
+
+    def step() -> None:
+        xy = [random_windows(t, cfg.batch_size, cfg.seq_len, g) for t, g in zip(tokens, gens)]
+        x, y = torch.stack([a for a, _ in xy]), torch.stack([b for _, b in xy])
+        loss = batched_loss(model, W, A, B, norms, emb, fnorm, scale, x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        batched_importance(W, A, B, scale)
+        opt.step()
+
+    step()
+    batched, single = [], []
+    for _ in range(3):
+        with Clock() as c:
+            for _ in range(3):
+                step()
+        batched.append(c)
+        single.append(local_steps(models[0], cfg, rank, tokens[0], 10, fused=True))
+    for label in ("wall_s", "cpu_s"):
+        b = min(getattr(c, label) for c in batched) / (3 * D)
+        s1 = min(getattr(c, label) for c in single) / 10
+        print(f"batched prototype ({label[:-2]:4s}, D={D})     {1000 * b:6.1f} ms/device-step vs one at a time {1000 * s1:6.1f} ms "
+              f"(x{s1 / b:.2f}; not kept unless > 1)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", type=int, default=16)
@@ -135,6 +232,7 @@ def main() -> None:
     ap.add_argument("--p", type=float, default=0.1, help="pruning increment of the round")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--no-reference", action="store_true", help="skip the A/B against the previous implementation")
+    ap.add_argument("--batched", action="store_true", help="also time the batched-devices prototype")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -173,7 +271,7 @@ def main() -> None:
         print(f"one at a time ({label:8s}): {rate:6.1f} device-steps/s, {1000 * sec / steps:6.1f} ms/step; achieved "
               f"{flops * rate / 1e9:5.1f} GFLOP/s = {100 * flops * rate / peak:3.0f}% of large-matmul "
               f"(upper bound: pruned steps cost less)")
-    print("batched (several devices per call)      not implemented")
+    print("batched (several devices per call)      not kept: prototype no faster (run with --batched to measure)")
     total = train.wall_s + aggregate.wall_s + evaluate.wall_s
     print(f"one round of {args.devices} devices (host wall)   train {train.wall_s:.2f} s | aggregate {aggregate.wall_s:.2f} s | "
           f"evaluate {evaluate.wall_s:.2f} s | total {total:.2f} s")
@@ -195,6 +293,8 @@ def main() -> None:
             ref = min(getattr(c, label) for c in reference) / 10
             print(f"previous vs current step ({label[:-2]:4s})      {1000 * ref:6.1f} ms -> {1000 * cur:6.1f} ms "
                   f"(x{ref / cur:.2f}; full model, importance on)")
+    if args.batched:
+        batched_vs_single(model, cfg, args.rank, [data.clients[d].train for d in devices])
 
 
 if __name__ == "__main__":

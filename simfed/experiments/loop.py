@@ -64,6 +64,26 @@ class LoopState:
     round_rows: list[dict] = field(default_factory=list)
     device_rows: list[dict] = field(default_factory=list)
 
+    def last_round(self) -> tuple[list[Plan], dict, list[dict]]:
+        """The plans and rows the last finished round added (what a checkpoint journal appends)."""
+        r = self.rounds_done - 1
+        rows = []
+        for row in reversed(self.device_rows):
+            if row["round"] != r:
+                break
+            rows.append(row)
+        return self.plans[r], self.round_rows[-1], rows[::-1]
+
+    def add_round(self, plans: list[Plan], round_row: dict, device_rows: list[dict]) -> None:
+        """Append one finished round read back from a journal."""
+        r = round_row["round"]
+        if r != self.rounds_done:
+            raise RuntimeError(f"resume: the journal holds round {r} where round {self.rounds_done} was expected")
+        self.plans[r] = plans
+        self.round_rows.append(round_row)
+        self.device_rows.extend(device_rows)
+        self.rounds_done = r + 1
+
 
 def _nan() -> float:
     return float("nan")

@@ -9,6 +9,7 @@ Layout (the schema of every table is documented in ``docs/experiments.md``)::
       device_rounds.parquet  one row per (round, selected device)
       summary.json           headline numbers; its presence marks the run complete
       checkpoint.pkl         state after the last finished round (removed once the run completes)
+      journal.bin            the finished rounds' plans and rows, appended round by round (idem)
       wall.json              wall-clock facts (not part of the deterministic results)
 
 Every file is written to a temporary file in the same directory and moved into place with
@@ -51,6 +52,7 @@ ROUNDS = "rounds.parquet"
 DEVICE_ROUNDS = "device_rounds.parquet"
 SUMMARY = "summary.json"
 CHECKPOINT = "checkpoint.pkl"
+JOURNAL = "journal.bin"
 WALL = "wall.json"
 
 
@@ -160,9 +162,37 @@ class RunDir:
     def load_checkpoint(self) -> bytes:
         return self.file(CHECKPOINT).read_bytes()
 
+    def append_journal(self, record: bytes) -> int:
+        """Append one length-prefixed record, flushed to disk; returns the journal's new length.
+
+        The journal keeps a checkpoint's size independent of the run's length: per-round rows are
+        appended once instead of being re-pickled into every checkpoint.
+        """
+        with self.file(JOURNAL).open("ab") as fh:
+            fh.write(len(record).to_bytes(8, "little") + record)
+            fh.flush()
+            os.fsync(fh.fileno())
+            return fh.tell()
+
+    def read_journal(self, length: int) -> list[bytes]:
+        """The records in the first ``length`` bytes (a record appended after the last checkpoint
+        was saved is dropped, and the file truncated to ``length``)."""
+        path = self.file(JOURNAL)
+        with path.open("r+b") as fh:
+            data = fh.read(length)
+            if len(data) != length:
+                raise ValueError(f"{path}: journal is {len(data)} bytes, the checkpoint expects {length}")
+            fh.truncate(length)
+        records, pos = [], 0
+        while pos < length:
+            n = int.from_bytes(data[pos:pos + 8], "little")
+            records.append(data[pos + 8:pos + 8 + n])
+            pos += 8 + n
+        return records
+
     def clear(self) -> None:
         """Remove what an earlier run left here (only the files a run writes)."""
-        for name in (SUMMARY, CHECKPOINT, EVENTS, ROUNDS, DEVICE_ROUNDS, CONFIG, WALL, "error.txt"):
+        for name in (SUMMARY, CHECKPOINT, JOURNAL, EVENTS, ROUNDS, DEVICE_ROUNDS, CONFIG, WALL, "error.txt"):
             if self.file(name).exists():
                 self.file(name).unlink()
 
@@ -172,8 +202,9 @@ class RunDir:
         atomic_write_table(self.file(ROUNDS), table(rounds, ROUND_COLUMNS))
         atomic_write_table(self.file(DEVICE_ROUNDS), table(device_rounds, DEVICE_ROUND_COLUMNS))
         atomic_write_json(self.file(SUMMARY), summary)
-        if self.has_checkpoint():
-            self.file(CHECKPOINT).unlink()
+        for name in (CHECKPOINT, JOURNAL):
+            if self.file(name).exists():
+                self.file(name).unlink()
 
     def write_wall(self, info: dict) -> None:
         atomic_write_json(self.file(WALL), info)

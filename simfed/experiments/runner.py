@@ -225,25 +225,52 @@ class Session:
         return FullLearner(trainer, aggregator, device_ids)
 
     def _checkpoint(self, loop: ServerLoop) -> None:
+        """After a round: append its plans and rows to the journal, then replace the checkpoint.
+
+        The checkpoint holds what changes in place (sparsities, the policy, the trainer's device
+        state, the aggregator) and the journal length it matches; rows are only ever appended.
+        """
+        import pickle
+
         from simfed.experiments.learner import dumps_state
 
-        state = {"config": self.text, "loop": loop.state, "policy": loop.policy}
+        fast = pickle.HIGHEST_PROTOCOL
+        length = self.rd.append_journal(pickle.dumps(loop.state.last_round(), protocol=fast))
+        # the C pickler for plain state; the referencing pickler only where shared objects hide inside
+        # (the oracle's trace predictor, the trainer's base model and data), since it is far slower
+        plain = {"sparsity": loop.state.sparsity}
+        linked = {}
+        (linked if getattr(loop.policy, "reads_traces", False) else plain)["policy"] = loop.policy
         if loop.learner is not None:
-            state["trainer"] = loop.learner.trainer
-            state["aggregator"] = loop.learner.aggregator
-        self.rd.save_checkpoint(dumps_state(state, self.shared))
+            linked["trainer"] = loop.learner.trainer
+            linked["aggregator"] = loop.learner.aggregator
+        checkpoint = {"config": self.text, "rounds_done": loop.state.rounds_done, "journal_bytes": length,
+                      "plain": pickle.dumps(plain, protocol=fast), "linked": dumps_state(linked, self.shared)}
+        self.rd.save_checkpoint(pickle.dumps(checkpoint, protocol=pickle.HIGHEST_PROTOCOL))
         if self._bar is not None:
             self._bar.update(1)
 
-    def _restore(self) -> dict | None:
+    def _restore(self) -> tuple[LoopState, dict] | None:
+        """The loop state and the stateful objects of the last checkpoint (None: start afresh)."""
+        import pickle
+
         from simfed.experiments.learner import loads_state
 
         if not self.rd.has_checkpoint():
+            if self.rd.file("journal.bin").exists():  # rows of a run killed before its first checkpoint
+                self.rd.file("journal.bin").unlink()
             return None
-        state = loads_state(self.rd.load_checkpoint(), self.shared)
-        if state.get("config") != self.text:
+        checkpoint = pickle.loads(self.rd.load_checkpoint())
+        if checkpoint.get("config") != self.text:
             raise RunError(f"{self.rd.path}: the checkpoint belongs to another config; use --fresh to discard it")
-        return state
+        state = {**pickle.loads(checkpoint["plain"]), **loads_state(checkpoint["linked"], self.shared)}
+        loop_state = LoopState(sparsity=state["sparsity"])
+        for record in self.rd.read_journal(checkpoint["journal_bytes"]):
+            loop_state.add_round(*pickle.loads(record))
+        if loop_state.rounds_done != checkpoint["rounds_done"]:
+            raise RunError(f"{self.rd.path}: the journal holds {loop_state.rounds_done} rounds, the checkpoint "
+                           f"{checkpoint['rounds_done']}; use --fresh to start again")
+        return loop_state, state
 
     # ------------------------------------------------------------------ running
     def run(self) -> dict:
@@ -277,9 +304,10 @@ class Session:
         state = None
         restored = self._restore()
         if restored is not None:
-            state, policy = restored["loop"], restored["policy"]
+            state, objects = restored
+            policy = objects["policy"]
             if learner is not None:
-                learner.trainer, learner.aggregator = restored["trainer"], restored["aggregator"]
+                learner.trainer, learner.aggregator = objects["trainer"], objects["aggregator"]
             self.resumed_from = state.rounds_done
         weights = dict(cfg.policy.reward)
         weights.setdefault("rank_ref", cfg.policy.r_max)

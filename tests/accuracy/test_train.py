@@ -1,4 +1,4 @@
-"""Local prune-and-tune: reports, structure bookkeeping, determinism, loss drops; a slow federated run."""
+"""Local prune-and-tune: reports, structure bookkeeping, determinism, loss drops (federated runs: test_federated.py)."""
 
 from __future__ import annotations
 
@@ -145,49 +145,3 @@ def test_oneshot_prune_finalize_and_evaluate():
     assert again == base
     mean = weighted_mean(base)
     assert mean.n_tokens == base["a"].n_tokens + base["b"].n_tokens
-
-
-def federated_run(p: float, rounds: int = 3, iters: int = 30, n_devices: int = 3):
-    """A few FedSpine-style rounds (flexlora) on real roles from the cached pre-trained tiny model.
-
-    Returns (pre-trained accuracy on the unpruned models, pre-trained accuracy on the final pruned
-    models without adapter, accuracy of the final pruned models with the global update merged).
-    """
-    from simfed.accuracy.aggregators import make_aggregator, rslora_scale
-    from simfed.accuracy.data import load_shakespeare
-    from simfed.accuracy.pretrain import load_pretrained
-
-    data = load_shakespeare()
-    model, _ = load_pretrained()
-    cfg = TrainConfig(seed=0)
-    tr = Trainer(model, data.clients, cfg)
-    devices = data.pick_clients(n_devices, seed=0)
-    agg = make_aggregator("flexlora", tr.shape, r_max=8, scale_rule=rslora_scale(cfg.alpha), seed=0)
-    unpruned = weighted_mean(tr.evaluate(devices)).accuracy
-    sparsity = {d: 0.0 for d in devices}
-    for rnd in range(rounds):
-        plans = [Plan(rnd, d, Arm(p, 4 + 4 * (i % 2)), sparsity[d], sparsity[d] + p, iters, iters // 2)
-                 for i, d in enumerate(devices)]
-        factors = {pl.device_id: agg.factors_for(pl.arm.r, tr.kept(pl.device_id)) for pl in plans}
-        agg.aggregate([r.update for r in tr.run_round(plans, factors)])
-        sparsity = {pl.device_id: pl.sparsity_after for pl in plans}
-    pruned = weighted_mean(tr.evaluate(devices)).accuracy
-    tuned = weighted_mean(tr.evaluate(devices, delta_for=agg.delta_for)).accuracy
-    return unpruned, pruned, tuned
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="UNFINISHED: measured 3 rounds x 30 iters, 3 roles: global update does not yet beat "
-                   "the pre-trained model (0.4789 vs 0.4821 acc); local LoRA overfits small roles. See docs/accuracy.md.")
-def test_federated_tuning_beats_pretrained():
-    unpruned, _, tuned = federated_run(p=0.0)
-    assert tuned > unpruned, (unpruned, tuned)
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="UNFINISHED: measured 3 rounds x 30 iters, 3 roles: global update does not yet beat "
-                   "the pruned pre-trained model (0.4794 vs 0.4797 acc); local LoRA overfits small roles. See docs/accuracy.md.")
-def test_federated_prune_and_tune_beats_pruned_pretrained():
-    unpruned, pruned, tuned = federated_run(p=0.05)
-    assert pruned < unpruned  # pruning 15% costs accuracy ...
-    assert tuned > pruned, (unpruned, pruned, tuned)  # ... and federated tuning recovers some of it

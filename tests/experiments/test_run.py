@@ -86,8 +86,10 @@ from simfed.experiments import outputs
 saved = [0]
 original = outputs.RunDir.save_checkpoint
 def save_then_die(self, data):
-    original(self, data)
     saved[0] += 1
+    if saved[0] == {kill_after} and {before_save}:  # the round's journal record is written, its checkpoint not
+        os.kill(os.getpid(), signal.SIGKILL)
+    original(self, data)
     if saved[0] == {kill_after}:
         os.kill(os.getpid(), signal.SIGKILL)
 outputs.RunDir.save_checkpoint = save_then_die
@@ -96,21 +98,24 @@ sys.exit(main(["run", {config!r}, "--out", {out!r}, "--no-progress"]))
 """
 
 
-def run_and_kill(config: Path, out: Path, kill_after: int) -> None:
-    code = KILLER.format(kill_after=kill_after, config=str(config), out=str(out))
+def run_and_kill(config: Path, out: Path, kill_after: int, before_save: bool = False) -> None:
+    """Run ``simfed run`` in a subprocess that SIGKILLs itself at its ``kill_after``-th checkpoint."""
+    code = KILLER.format(kill_after=kill_after, before_save=before_save, config=str(config), out=str(out))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == -signal.SIGKILL, proc.stderr
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tiny_config, tmp_path):
+@pytest.mark.parametrize("before_save, resumed_from", [(False, 3), (True, 2)])
+def test_resume_after_kill_matches_uninterrupted_run(tiny_config, tmp_path, before_save, resumed_from):
+    """Killed after round 3's checkpoint, or between round 3's journal record and its checkpoint."""
     killed = tmp_path / "killed"
-    run_and_kill(tiny_config, killed, kill_after=3)
+    run_and_kill(tiny_config, killed, kill_after=3, before_save=before_save)
     rd = RunDir(killed)
     assert rd.has_checkpoint() and not rd.is_complete()
     assert main(["run", str(tiny_config), "--out", str(killed), "--no-progress"]) == 0
-    assert rd.is_complete() and not rd.has_checkpoint()
-    assert json.loads((killed / "wall.json").read_text())["resumed_from_round"] == 3
+    assert rd.is_complete() and not rd.has_checkpoint() and not (killed / "journal.bin").exists()
+    assert json.loads((killed / "wall.json").read_text())["resumed_from_round"] == resumed_from
     whole = tmp_path / "whole"
     run_config(C.load(tiny_config), whole, progress=False)
     tk, tw = tables(killed), tables(whole)

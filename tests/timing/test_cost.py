@@ -218,3 +218,14 @@ def test_bad_arguments_name_the_field(kwargs: dict, word: str) -> None:
     args = {"batch_size": 2, "seq_len": 4} | kwargs
     with pytest.raises(ValueError, match=word):
         CostModel(SHAPE, **args)
+
+
+def test_iteration_overhead_is_per_iteration_and_outside_the_matmuls() -> None:
+    st = structure_at(SHAPE, 0.25)
+    base = CostModel(SHAPE, batch_size=2, seq_len=8)
+    over = CostModel(SHAPE, batch_size=2, seq_len=8, iteration_overhead_flops=1e6)
+    assert over.iteration_flops(st, 4) == pytest.approx(base.iteration_flops(st, 4) + 1e6)
+    assert over.matmul_flops(st, 4) == base.matmul_flops(st, 4)
+    assert over.round_flops(_plan(0.5, 0.5)) == pytest.approx(base.round_flops(_plan(0.5, 0.5)) + 10 * 1e6)
+    with pytest.raises(ValueError, match="iteration_overhead_flops"):
+        CostModel(SHAPE, batch_size=2, seq_len=8, iteration_overhead_flops=-1.0)
