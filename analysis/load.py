@@ -9,6 +9,7 @@ columns so figures can group by method and average over seeds.
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,12 +82,36 @@ def load_run(path: str | Path) -> Run:
     return Run(p, config, summary, tables["rounds"], tables["device_rounds"], tables["events"])
 
 
+def _variant(run: Run) -> str:
+    """A sweep member's name without its seed: ``fedspine-s0-tau=10`` -> ``fedspine-tau=10``."""
+    return re.sub(rf"-s{int(run.summary.get('seed', 0))}(?=-|$)", "", run.path.name, count=1)
+
+
+def _label_variants(runs: list[Run]) -> None:
+    """Where a method ran with several grid values, label each variant as its own "method".
+
+    Figures group by ``method`` and pool seeds; without this, a sweep over (say) ``train.tau``
+    would pool different τ as if they were seeds.
+    """
+    variants: dict[str, set[str]] = {}
+    for r in runs:
+        variants.setdefault(r.summary.get("method", ""), set()).add(_variant(r))
+    for r in runs:
+        method = r.summary.get("method", "")
+        if len(variants[method]) > 1:
+            label = _variant(r)
+            r.summary = {**r.summary, "method": label}
+            for df in (r.rounds, r.device_rounds, r.events):
+                df["method"] = label
+
+
 def load_runs(paths: list[str | Path], *, events: bool = True) -> Runs:
     """Load every complete run under ``paths``; ``events=False`` skips the (large) event logs."""
     dirs = find_runs(paths)
     if not dirs:
         raise FileNotFoundError(f"no complete run directory under {', '.join(str(p) for p in paths)}")
     runs = [load_run(d) for d in dirs]
+    _label_variants(runs)
     summaries = pd.DataFrame([{"run": r.path.name, "path": str(r.path), **r.summary} for r in runs])
 
     def cat(frames: list[pd.DataFrame]) -> pd.DataFrame:

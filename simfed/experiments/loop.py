@@ -185,11 +185,14 @@ class ServerLoop:
         for t in timings:
             plan = plans[t.device_id]
             rep = reports.get(t.device_id)
+            accepted = t.outcome is Outcome.OK
             observations.append(Observation(
                 round=round, device_id=t.device_id, arm=plan.arm, outcome=t.outcome,
-                completion_s=t.completion_s if t.outcome is Outcome.OK else _nan(),
+                completion_s=t.completion_s if accepted else _nan(),
                 round_mean_completion_s=mean_t,
-                sparsity_before=plan.sparsity_before, sparsity_after=plan.sparsity_after, s_star=self.s_star,
+                # a discarded round leaves the device where it was, as far as the server knows
+                sparsity_before=plan.sparsity_before,
+                sparsity_after=plan.sparsity_after if accepted else plan.sparsity_before, s_star=self.s_star,
                 loss_before=rep.loss_before if rep else _nan(), loss_after=rep.loss_after if rep else _nan(),
                 update_norm=rep.update_norm if rep else _nan(),
             ))

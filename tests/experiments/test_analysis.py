@@ -100,3 +100,15 @@ def test_timing_only_runs_skip_accuracy_figures(sweep_dir):
     assert figures.accuracy_vs_time(rounds) is None
     assert figures.accuracy_vs_sparsity(runs.summaries.assign(final_accuracy=np.nan)) is None
     assert isinstance(figures.round_duration_cdf(rounds), figures.Figure)
+
+
+def test_grid_variants_are_not_pooled_as_seeds(tmp_path):
+    for seed in (0, 1):
+        for tau in (5, 10):
+            path = fake_run(tmp_path, "fedspine", seed, round_s=10.0 * tau, acc_step=0.1)
+            path.rename(tmp_path / f"fedspine-s{seed}-tau={tau}")
+    fake_run(tmp_path, "hetlora", 0, round_s=100.0, acc_step=0.1)
+    runs = load.load_runs([tmp_path])
+    assert set(runs.summaries["method"]) == {"fedspine-tau=5", "fedspine-tau=10", "hetlora"}
+    assert set(runs.rounds["method"]) == set(runs.summaries["method"])
+    assert (runs.summaries.groupby("method").size().loc[["fedspine-tau=5", "fedspine-tau=10"]] == 2).all()
