@@ -47,6 +47,10 @@ class ModelConfig:
 
     preset: str = "tiny"
     cache_dir: str = ""  # where pre-trained checkpoints are cached ("" = the accuracy layer's default)
+    # The model whose shape the time layer costs ("" = the trained preset). Setting it to a larger preset
+    # (e.g. "smollm2-135m") times the rounds as if devices ran that model while the trained `preset` stands
+    # in as the accuracy proxy; see docs/experiments.md, "Timing proxy".
+    timing_preset: str = ""
 
 
 @dataclass

@@ -168,11 +168,16 @@ class TracePredictor:
 
 
 def build_cost(cfg: RunConfig) -> Any:
-    """The cost model of the configured model preset, batch and sequence length."""
+    """The cost model of the timed model preset (``model.timing_preset``, else the trained one), batch and sequence length."""
     from simfed.accuracy.presets import preset
     from simfed.timing.cost import CostModel
 
-    return CostModel(preset(cfg.model.preset).shape(), batch_size=cfg.train.batch_size, seq_len=cfg.train.seq_len)
+    name = cfg.model.timing_preset or cfg.model.preset
+    try:
+        shape = preset(name).shape()
+    except (KeyError, ValueError) as exc:
+        raise config_mod.ConfigError(f"model.timing_preset: unknown preset {name!r} ({exc})") from None
+    return CostModel(shape, batch_size=cfg.train.batch_size, seq_len=cfg.train.seq_len)
 
 
 def _config_text(cfg: RunConfig) -> str:
