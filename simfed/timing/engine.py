@@ -265,15 +265,38 @@ class EventLog:
 class EngineResult:
     """What a run returns: device timings, round timings and (when logged) the event log.
 
-    ``events`` is built from the columnar :class:`EventLog` on first access (see there why).
+    ``events`` is built from the columnar :class:`EventLog` on first access (see there why);
+    ``timings`` likewise from each round's timing columns where the run kept columns
+    (:class:`~simfed.timing.fast.TimingRows`): the list is made on first access and cached.
     """
 
     def __init__(self, log: EventLog | None = None) -> None:
-        self.timings: list[DeviceTiming] = []
         self.rounds: list[RoundTiming] = []
         self.columns: list = []  # FastEngine(columns=True): one TimingColumns per round
         self.log = log
+        self._timing_parts: list[Sequence[DeviceTiming]] = []
+        self._timings: list[DeviceTiming] | None = None
         self._events: list[Event] | None = None
+
+    def add_timings(self, part: Sequence[DeviceTiming]) -> None:
+        """Append one round's device timings (a list, or a sequence that builds its records lazily)."""
+        self._timing_parts.append(part)
+        self._timings = None
+
+    @property
+    def timings(self) -> list[DeviceTiming]:
+        if self._timings is None:
+            out: list[DeviceTiming] = []
+            for part in self._timing_parts:
+                out.extend(part)
+            self._timings = out
+            self._timing_parts = [out]
+        return self._timings
+
+    @timings.setter
+    def timings(self, value: list[DeviceTiming]) -> None:
+        self._timings = list(value)
+        self._timing_parts = [self._timings]
 
     @property
     def events(self) -> list[Event]:
@@ -286,7 +309,8 @@ class EngineResult:
         self._events = list(value)
 
     def __repr__(self) -> str:
-        return f"EngineResult({len(self.rounds)} rounds, {len(self.timings)} device timings, {len(self.log or ())} events)"
+        n_timings = sum(len(p) for p in self._timing_parts)
+        return f"EngineResult({len(self.rounds)} rounds, {n_timings} device timings, {len(self.log or ())} events)"
 
 
 def waiting_s(timing: DeviceTiming, round_end_s: float) -> float:
@@ -413,10 +437,60 @@ _ROUND_START, _ROUND_END = KIND_RANK["round_start"], KIND_RANK["round_end"]
 _SERVER_KEY = 0  # position -1
 
 
-class Engine:
-    """Runs synchronous rounds over a population with SimPy (see the module docstring)."""
+def _waits(tl) -> np.ndarray:
+    """The instants each device process of the batched engine waits for, one row per device.
 
-    def __init__(self, population: Population, cost: Costing, config: EngineConfig, driver: RoundDriver) -> None:
+    Columns: online, download end, compute end, upload end, exactly the waits of the scalar
+    process (:meth:`Engine._device`): a phase ending after the device's session ends is replaced by
+    the drop at ``off`` and nothing follows; a phase of zero length, or one not reached (after an
+    out-of-memory stop, a drop or a phase that never ends), is NaN; FedScale's ``end_instant`` mode
+    drops a device at its selection (no wait at all) when it would be offline at its end instant.
+    """
+    nan = np.nan
+    ready, off, dl, ce, ue = tl.ready, tl.off, tl.dl, tl.ce, tl.ue
+    reach_c = ~tl.drop_dl & ~tl.oom & (dl < INF)
+    reach_u = reach_c & ~tl.drop_c & (ce < INF)
+    w = np.empty((len(ready), 4))
+    w[:, 0] = np.where(ready > tl.start, ready, nan)
+    w[:, 1] = np.where(tl.drop_dl, off, np.where(dl > ready, dl, nan))
+    w[:, 2] = np.where(reach_c, np.where(tl.drop_c, off, np.where(ce > dl, ce, nan)), nan)
+    w[:, 3] = np.where(reach_u, np.where(tl.drop_u, off, np.where(ue > ce, ue, nan)), nan)
+    w[tl.gone_now] = nan
+    return w
+
+
+class Engine:
+    """Runs synchronous rounds over a population with SimPy (see the module docstring).
+
+    Two ways to look up the traces, with identical results:
+
+    - *batched* (the default when there are no transfer slots): nothing couples two devices, so at
+      the selection instant every selected device's phase ends are computed at once from the packed
+      population (:func:`simfed.timing.fast.device_timelines`; :meth:`PackedPopulation.of
+      <simfed.timing.packed.PackedPopulation.of>` packs a population once and caches it); each
+      device process then only waits, in simulated time, until each precomputed absolute instant,
+      and reports when it is done. SimPy still decides when the round closes (all done, K-th
+      finish, deadline); what each device had reached by then follows from its timeline and the
+      close instant (:func:`~simfed.timing.fast.close_round`), the log and the device timings are
+      kept as columns and become records on first access.
+    - *scalar* (with transfer slots, or ``batched=False``): each device process looks up its own
+      series at each phase, because with contention a phase's start depends on the other devices.
+
+    Per device-round the batched way spends a few microseconds beyond SimPy's own event handling;
+    the scalar way about 30 (trace lookups over 10^4 scattered objects, records); see
+    docs/timing.md §6.
+    """
+
+    def __init__(
+        self,
+        population: Population,
+        cost: Costing,
+        config: EngineConfig,
+        driver: RoundDriver,
+        *,
+        batched: bool = True,
+        packed=None,
+    ) -> None:
         if len(population) == 0:
             raise ValueError("Engine: the population has no devices")
         ids = [d.device_id for d in population.devices]
@@ -428,6 +502,17 @@ class Engine:
         self.cost = cost
         self.config = config
         self.driver = driver
+        self.batched = bool(batched) and config.max_concurrent_transfers is None
+        self._packed = packed  # PackedPopulation, or None: PackedPopulation.of(population) when first needed
+
+    @property
+    def packed(self):
+        """The packed population of the batched lookups (built on first use, cached per population)."""
+        if self._packed is None:
+            from simfed.timing.packed import PackedPopulation
+
+            self._packed = PackedPopulation.of(self.population)
+        return self._packed
 
     # ------------------------------------------------------------------ public
     def run(self, max_rounds: int) -> EngineResult:
@@ -437,6 +522,8 @@ class Engine:
         env = _Env(initial_time=self.config.start_s)
         result = EngineResult(EventLog(self.device_ids) if self.config.log_events else None)
         state: dict = {}
+        if self.batched:
+            self.packed  # noqa: B018 -- pack (or fetch the cached packing) before the clock-sensitive loop
         proc = env.process(self._server(env, max_rounds, result, state))
         # The run allocates millions of short-lived objects and no lasting reference cycles (a
         # device process ends, freeing its frame, by the close of its round): the cyclic garbage
@@ -471,46 +558,91 @@ class Engine:
         return t, choose(cfg, r, np.asarray(online, dtype=np.int64))
 
     def _server(self, env: _Env, max_rounds: int, result: EngineResult, state: dict):
+        round_ = self._round_batched if self.batched else self._round_scalar
+        t = self.config.start_s
+        for r in range(max_rounds):
+            t_end, go_on = yield from round_(env, r, t, result, state)
+            t = t_end
+            if not go_on:
+                break
+
+    def _wait_for_close(self, env: _Env, rs: "_Round", t_sel: float):
+        """Until the round closes: every device done, the quota of finishes, or the deadline.
+
+        Returns (close instant, reason). Every event of the closing instant happens first.
+        """
+        closers = [rs.all_done, rs.quota_hit]
+        if self.config.deadline_s is not None:
+            closers.append(env.at(t_sel + self.config.deadline_s))
+        yield env.any_of(closers)
+        yield env.at(env.now)  # let every event of this instant happen before closing
+        rs.closed = True
+        reason = "all" if rs.all_done.triggered else "quota" if rs.quota_hit.triggered else "deadline"
+        return env.now, reason
+
+    def _round_batched(self, env: _Env, r: int, t: float, result: EngineResult, state: dict):
+        """One round with the traces looked up for all selected devices at once (no transfer slots)."""
+        from simfed.timing import fast
+
+        cfg, pk = self.config, self.packed
+        t_sel, chosen = fast.select_positions(cfg, pk, r, t)
+        if t_sel > t:
+            yield env.at(t_sel)
+        ids_all = self.device_ids
+        ids = [ids_all[i] for i in chosen.tolist()]
+        plans = self.driver.plans(r, t_sel, ids)
+        check_plans(plans, r, ids)
+        tl = fast.device_timelines(pk, cfg.availability, chosen, t_sel, *fast.cost_columns(list(map(self.cost.plan_cost, plans))))
+        quota = cfg.quota(len(ids))
+        rs = _Round(env, r, len(ids), quota, None)
+        state["round"] = rs
+        process, device = env.process, self._device_waits
+        procs = [process(device(env, w, rs, f)) for w, f in zip(_waits(tl).tolist(), tl.fin.tolist())]
+        t_end, reason = yield from self._wait_for_close(env, rs, t_sel)
+        for k in np.flatnonzero(tl.term > t_end).tolist():  # still running: its work is discarded
+            procs[k].interrupt("round closed")
+        cols = fast.close_round(r, tl, t_end, reason, quota)
+        rt = fast.round_timing_columns(r, t, t_sel, t_end, reason, cols)
+        if result.log is not None:
+            fast.log_round(result.log, pk.ram_bytes, r, t, t_sel, reason, rt, cols, [p.arm for p in plans])
+        timings = fast.TimingRows(cols, ids_all)
+        result.add_timings(timings)
+        result.rounds.append(rt)
+        return t_end, self.driver.round_done(r, timings, rt.start_s, t_end)
+
+    def _round_scalar(self, env: _Env, r: int, t: float, result: EngineResult, state: dict):
+        """One round with per-device, per-phase trace lookups (needed with transfer slots)."""
         cfg = self.config
-        slots = simpy.Resource(env, capacity=cfg.max_concurrent_transfers) if cfg.max_concurrent_transfers else None
+        slots = state.get("slots")
+        if slots is None and cfg.max_concurrent_transfers:
+            slots = state["slots"] = simpy.Resource(env, capacity=cfg.max_concurrent_transfers)
         device_proc = self._device_end_instant if cfg.availability == "end_instant" else self._device
         devices, ids_all, plan_cost, process = self.devices, self.device_ids, self.cost.plan_cost, env.process
-        t = cfg.start_s
-        for r in range(max_rounds):
-            log: list | None = [t, _ROUND_START] if result.log is not None else None
-            t_sel, chosen = self._select(r, t)
-            if t_sel > t:
-                yield env.at(t_sel)
-            chosen_l = chosen.tolist()
-            ids = [ids_all[i] for i in chosen_l]
-            plans = self.driver.plans(r, t_sel, ids)
-            check_plans(plans, r, ids)
-            rs = _Round(env, r, len(ids), cfg.quota(len(ids)), log)
-            state["round"] = rs
-            devs = []
-            for i, plan in zip(chosen_l, plans):
-                d = _Dev(i, devices[i], plan, plan_cost(plan), t_sel)
-                d.proc = process(device_proc(env, d, rs, slots))
-                devs.append(d)
-            closers = [rs.all_done, rs.quota_hit]
-            if cfg.deadline_s is not None:
-                closers.append(env.at(t_sel + cfg.deadline_s))
-            yield env.any_of(closers)
-            yield env.at(env.now)  # let every event of this instant happen before closing
-            t_end = env.now
-            rs.closed = True
-            reason = "all" if rs.all_done.triggered else "quota" if rs.quota_hit.triggered else "deadline"
-            timings = self._close(devs, rs, r, t_end, reason, log)
-            rt = round_timing(r, t, t_sel, t_end, reason, timings)
-            if log is not None:
-                log += (t_end, _ROUND_END)
-                rs.details[(_ROUND_END, -1)] = f"reason={reason} ok={rt.n_ok}/{rt.n_selected}"
-                result.log.add_round_flat(r, t_sel, chosen, [p.arm for p in plans], log, rs.details)
-            result.timings.extend(timings)
-            result.rounds.append(rt)
-            t = t_end
-            if not self.driver.round_done(r, timings, rt.start_s, t_end):
-                break
+        log: list | None = [t, _ROUND_START] if result.log is not None else None
+        t_sel, chosen = self._select(r, t)
+        if t_sel > t:
+            yield env.at(t_sel)
+        chosen_l = chosen.tolist()
+        ids = [ids_all[i] for i in chosen_l]
+        plans = self.driver.plans(r, t_sel, ids)
+        check_plans(plans, r, ids)
+        rs = _Round(env, r, len(ids), cfg.quota(len(ids)), log)
+        state["round"] = rs
+        devs = []
+        for i, plan in zip(chosen_l, plans):
+            d = _Dev(i, devices[i], plan, plan_cost(plan), t_sel)
+            d.proc = process(device_proc(env, d, rs, slots))
+            devs.append(d)
+        t_end, reason = yield from self._wait_for_close(env, rs, t_sel)
+        timings = self._close(devs, rs, r, t_end, reason, log)
+        rt = round_timing(r, t, t_sel, t_end, reason, timings)
+        if log is not None:
+            log += (t_end, _ROUND_END)
+            rs.details[(_ROUND_END, -1)] = f"reason={reason} ok={rt.n_ok}/{rt.n_selected}"
+            result.log.add_round_flat(r, t_sel, chosen, [p.arm for p in plans], log, rs.details)
+        result.add_timings(timings)
+        result.rounds.append(rt)
+        return t_end, self.driver.round_done(r, timings, rt.start_s, t_end)
 
     def _close(self, devs: list[_Dev], rs: _Round, r: int, t_end: float, reason: str, log: list | None) -> list[DeviceTiming]:
         if rs.finished > rs.quota:  # over-commitment: finishers beyond the first K are stragglers
@@ -546,6 +678,25 @@ class Engine:
         return timings
 
     # ------------------------------------------------------------------ devices
+    @staticmethod
+    def _device_waits(env: _Env, waits: list, rs: "_Round", finished: bool):
+        """One device's round when its phase ends are known in advance (the batched lookups).
+
+        ``waits`` are the absolute instants at which its phases end, in order (NaN: a phase that
+        takes no time, so there is nothing to wait for; ``inf``: one that never ends); the device is
+        done after the last one. The round's close interrupts it if it is still waiting then.
+        """
+        at = env.at
+        try:
+            for t in waits:
+                if t < INF:
+                    yield at(t)
+                elif t == INF:
+                    yield simpy.Event(env)  # never fires: only the round's close ends this wait
+        except simpy.Interrupt:
+            return
+        rs.terminal(finished)
+
     def _device(self, env: _Env, d: _Dev, rs: _Round, slots):
         """One device's round: online, download, (OOM check), compute, upload; drop when offline.
 
@@ -731,9 +882,17 @@ class FixedPlanDriver:
         return out
 
     def round_done(self, round: int, timings: list[DeviceTiming], start_s: float, end_s: float) -> bool:
+        from simfed.timing.fast import TimingRows
+
+        sparsity, pending = self.sparsity, self._pending
+        if isinstance(timings, TimingRows):  # the batched engine's columns: no records needed
+            ids, cols = timings.device_ids, timings.columns
+            for p in cols.positions[cols.outcome == _OK_CODE].tolist():
+                sparsity[ids[p]] = pending[ids[p]]
+            return True
         for t in timings:
             if t.outcome is Outcome.OK:
-                self.sparsity[t.device_id] = self._pending[t.device_id]
+                sparsity[t.device_id] = pending[t.device_id]
         return True
 
     # the column protocol of simfed.timing.fast.FastEngine(columns=True); use one protocol per driver
@@ -743,8 +902,13 @@ class FixedPlanDriver:
         n = len(device_ids)
         if self._sp_arr is None or len(self._sp_arr) != n:
             self._sp_arr = np.full(n, float(self.s_start))
-            self._p_arr = np.array([self.arms.get(d, self.arm).p for d in device_ids], dtype=float)
-            self._r_arr = np.array([self.arms.get(d, self.arm).r for d in device_ids], dtype=np.int64)
+            self._p_arr = np.full(n, float(self.arm.p))
+            self._r_arr = np.full(n, int(self.arm.r), dtype=np.int64)
+            if self.arms:  # the per-device overrides (few): found by id, not by a pass over every device
+                where = {d: i for i, d in enumerate(device_ids)}
+                for d, arm in self.arms.items():
+                    if d in where:
+                        self._p_arr[where[d]], self._r_arr[where[d]] = arm.p, arm.r
         sb = self._sp_arr[positions]
         # next_sparsity, elementwise
         sa = np.where(sb < self.s_star, np.minimum(sb + np.maximum(self._p_arr[positions], 0.0), self.s_star), sb)

@@ -3,7 +3,7 @@
 A short FedSpine-style run from the cached pre-trained ``tiny`` model: 8 roles with at least 8 000
 training characters each, flexlora aggregation, ranks 4 and 8, three rounds of τ = 20 local
 iterations at the default learning rate. Accuracy is token-weighted over every participating role's
-held-out lines (36 k characters), so the comparison is not decided by a handful of characters. The
+held-out lines (25 k characters for seed 0), so the comparison is not decided by a handful of characters. The
 recipe and the numbers it was chosen from are in docs/accuracy.md ("Making federated tuning help").
 """
 

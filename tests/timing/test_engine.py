@@ -285,3 +285,100 @@ def test_oom_event_keeps_its_detail() -> None:
     res = _run([device("S", ram=50.0)])
     (oom,) = [e for e in res.events if e.kind == "oom"]
     assert oom.detail == "need=100B ram=50B" and oom.time_s == 3.0
+
+
+# ---------------------------------------------------------------- batched vs scalar trace lookups
+
+BATCH_CONFIGS = [
+    EngineConfig(),
+    EngineConfig(deadline_s=60.0),
+    EngineConfig(participants=12, overcommit=1.3, seed=4),
+    EngineConfig(participants=12, overcommit=1.3, deadline_s=45.0, seed=9),
+    EngineConfig(participants=12, overcommit=1.3, availability="end_instant", seed=2),
+]
+
+
+def _engine_pair(pop, cost, cfg, rounds):
+    def go(batched):
+        driver = FixedPlanDriver(Arm(0.1, 8), 0.5, 20, 10, arms={"dev0003": Arm(0.3, 2), "dev0010": Arm(0.0, 16)})
+        eng = Engine(pop, cost, cfg, driver, batched=batched)
+        assert eng.batched is batched
+        return eng.run(rounds)
+
+    return go(True), go(False)
+
+
+@pytest.mark.parametrize("cfg", BATCH_CONFIGS, ids=["all", "deadline", "overcommit", "overcommit+deadline", "end_instant"])
+def test_batched_lookups_equal_scalar_lookups(cfg: EngineConfig) -> None:
+    """The default engine (all selected devices' traces looked up at once, processes only wait) gives
+    exactly the per-device, per-phase engine's timings, round times and event log (with details)."""
+    from simfed.structure import ModelShape
+    from simfed.timing.cost import CostModel
+
+    pop = random_population(60, seed=21)
+    shape = ModelShape(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=256, vocab_size=50)
+    a, b = _engine_pair(pop, CostModel(shape, batch_size=4, seq_len=32), cfg, rounds=6)
+    assert round_rows(a.rounds) == round_rows(b.rounds)
+    assert timing_rows(a.timings) == timing_rows(b.timings)
+    assert a.events == b.events
+    assert [e.detail for e in a.events] == [e.detail for e in b.events]
+
+
+def test_batched_equals_scalar_with_oom_drops_and_never_ending_phases() -> None:
+    """Edge cases of the precomputed waits: out of memory, offline mid-phase, a device whose compute
+    never ends (zero throughput: it waits forever until the deadline closes the round), zero-length
+    phases (no latency, nothing to download) and every outcome."""
+    pop = random_population(40, seed=5)
+    dead = device("dead", compute=(0.0,), latency=0.0)
+    tiny_ram = device("tiny", ram=10.0)
+    pop = Population(pop.devices + (dead, tiny_ram))
+    costs = TableCost(PlanCost(flops=5e9, down_bytes=1e6, up_bytes=1e6, memory_bytes=5e9),
+                      {"dead": PlanCost(flops=1.0, down_bytes=0.0, up_bytes=0.0, memory_bytes=1.0)})
+    seen = set()
+    for cfg in (
+        EngineConfig(deadline_s=30.0),
+        EngineConfig(participants=30, overcommit=1.4, deadline_s=20.0, seed=1),
+        EngineConfig(participants=8, overcommit=2.0, seed=3),
+    ):
+        a, b = _engine_pair(pop, costs, cfg, rounds=4)
+        assert timing_rows(a.timings) == timing_rows(b.timings)
+        assert round_rows(a.rounds) == round_rows(b.rounds)
+        assert a.events == b.events
+        seen |= {t.outcome for t in a.timings}
+        if cfg.participants is None:  # everyone selected: the dead device waits in vain until the deadline
+            assert any(t.device_id == "dead" and t.outcome is Outcome.LATE and t.download_end_s == t.ready_s for t in a.timings)
+    assert seen == set(Outcome)
+
+
+def test_timings_reach_the_driver_as_a_lazy_list() -> None:
+    """The driver gets a read-only list that builds its records on first access; the result's
+    timings are the same records."""
+    from simfed.timing.fast import TimingRows
+
+    got = []
+
+    class Keep(FixedPlanDriver):
+        def round_done(self, round, timings, start_s, end_s):
+            got.append(timings)
+            return super().round_done(round, timings, start_s, end_s)
+
+    res = _run([_a(), _b(), _c()], rounds=2, driver=Keep(Arm(0.25, 4), s_star=0.5, local_iters=10, tau=5))
+    first = got[0]
+    assert isinstance(first, TimingRows) and first._rows is None  # nothing built yet
+    assert len(first) == 3 and [t.device_id for t in first] == ["A", "B", "C"]
+    assert first[0] == DeviceTiming(0, "A", Outcome.OK, 0.0, 0.0, 3.0, 13.0, 16.0, 16.0, 1000.0, 20.0, 10.0, 100.0)
+    assert first == list(first) and first != list(first)[:2]
+    assert res.timings[:3] == list(first) and res.timings[0] is first[0]
+    # the driver's column shortcut advanced the sparsities as the records say
+    assert sorted(got[1][0:3], key=lambda t: t.device_id)[0].outcome is Outcome.OK
+
+
+def test_packed_population_is_built_once_per_population() -> None:
+    from simfed.timing.packed import PackedPopulation
+
+    pop = random_population(5, seed=2)
+    eng = Engine(pop, COST_RANDOM, EngineConfig(), FixedPlanDriver(Arm(0.1, 8), 0.5, 20, 10))
+    assert eng.packed is PackedPopulation.of(pop)
+    assert PackedPopulation.of(random_population(5, seed=2)) is not eng.packed  # another population object
+    slots = Engine(pop, COST_RANDOM, EngineConfig(max_concurrent_transfers=1), FixedPlanDriver(Arm(0.1, 8), 0.5, 20, 10))
+    assert not slots.batched  # contention: each device looks up its own traces at each phase
