@@ -26,6 +26,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -122,7 +123,7 @@ class ClientData:
     client_id: str  # "<play>/<ROLE>"
     play: str
     role: str
-    train: torch.Tensor  # uint8 token ids
+    train: torch.Tensor  # token ids: uint8 character ids, or int32 after :func:`retokenize`
     test: torch.Tensor
     n_train_lines: int
     n_test_lines: int
@@ -130,6 +131,37 @@ class ClientData:
     def n_samples(self, seq_len: int) -> int:
         """LEAF's sample count: next-character predictions with a full ``seq_len`` context."""
         return max(0, len(self.train) - seq_len)
+
+
+def retokenize(client: ClientData, encode_text: Callable[[str], Sequence[int]]) -> ClientData:
+    """The same role, train/test split and line counts, with its text encoded by another tokenizer.
+
+    Why: the ``smollm2-135m`` preset predicts BPE tokens, not characters, yet its devices must be
+    the very same roles with the very same held-out lines as the ``tiny`` model's, so the
+    character partition is decoded and re-encoded rather than re-derived. Each speech is encoded on
+    its own (with its joining newline) so that ``encode_text`` never sees a text longer than one
+    speech; byte-level BPE splits at newlines anyway. ``encode_text`` must not add special tokens
+    (no BOS per speech). The ids come back as ``torch.int32`` (vocabularies beyond 256 symbols).
+
+    The decoding is exact only when the role has no character outside :data:`VOCAB` (id 0); the
+    Shakespeare clients have none, and a role that does is refused rather than silently altered.
+    """
+    parts = []
+    for name, ids in (("train", client.train), ("test", client.test)):
+        n_unknown = int((ids == 0).sum())
+        if n_unknown:
+            raise ValueError(
+                f"client {client.client_id!r}: its {name} text has {n_unknown} characters outside the fixed "
+                f"vocabulary (id 0), so it cannot be decoded exactly for re-tokenisation"
+            )
+        lines = decode(ids).split("\n")
+        tokens: list[int] = []
+        for i, line in enumerate(lines):
+            tokens.extend(int(t) for t in encode_text(line + "\n" if i < len(lines) - 1 else line))
+        if len(tokens) < 2:
+            raise ValueError(f"client {client.client_id!r}: its {name} text encodes to {len(tokens)} token(s); need >= 2")
+        parts.append(torch.tensor(tokens, dtype=torch.int32))
+    return ClientData(client.client_id, client.play, client.role, parts[0], parts[1], client.n_train_lines, client.n_test_lines)
 
 
 @dataclass

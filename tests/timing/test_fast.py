@@ -199,3 +199,19 @@ def test_column_mode_rows_equal_record_mode() -> None:
     ids = [d.device_id for d in pop.devices]
     assert timing_rows([t for c in arr.columns for t in c.to_timings(ids)]) == timing_rows(rec.timings)
     assert round_rows(arr.rounds) == round_rows(rec.rounds)
+
+
+def test_checked_guess_is_exact_whatever_the_guess() -> None:
+    """The guessed start of the packed search (used for phases on regular grids) never changes an answer."""
+    from simfed.timing.packed import _checked_guess, _segmented_bisect
+
+    rng = np.random.default_rng(3)
+    lens = rng.integers(0, 40, 300)
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    arr = np.concatenate([np.sort(rng.integers(0, 20, n)).astype(float) for n in lens])  # with ties
+    x = rng.integers(-2, 22, 300).astype(float)
+    for right in (True, False):
+        exact = _segmented_bisect(arr, starts, starts + lens, x, right=right)
+        for guess in (exact, starts + rng.integers(-5, 45, 300), np.zeros(300, dtype=np.int64), exact + 1):
+            got = _checked_guess(arr, starts, starts + lens, x, guess.astype(np.int64), right=right)
+            assert np.array_equal(got, exact)
