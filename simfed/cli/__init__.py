@@ -16,6 +16,7 @@ _COMMANDS = [
     "pretrain",
     "data",
     "plot",
+    "compare",
     "sweep",
     "demo",
     "bandit",

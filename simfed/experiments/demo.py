@@ -96,7 +96,7 @@ def run_demo(out: Path, *, config_path: str | Path | None = None, overrides: lis
     if cfg.mode == "full":
         cache = Path(cfg.model.cache_dir) if cfg.model.cache_dir else None
         echo("demo: the pre-trained tiny model (trained once, then cached)")
-        _model, info = load_pretrained(PretrainConfig(preset=cfg.model.preset), cache=cache, log=echo)
+        _model, info = load_pretrained(PretrainConfig(preset=cfg.model.preset, corpus=cfg.model.pretrain_corpus), cache=cache, log=echo)
         echo(f"  {'cached' if info.get('cached') else 'trained'}: {info.get('path')} "
              f"(validation accuracy {info.get('val_accuracy', float('nan')):.3f})")
     runs = out / "runs"

