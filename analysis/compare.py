@@ -231,7 +231,7 @@ def markdown(runs: Runs, thresholds: list[float] | None = None, reference: str =
         levels_are = "as requested"
     pct = f"{100 * level:g}%"
     seeds = ", ".join(str(x) for x in sorted(set(runs.summaries["seed"].astype(int))))
-    common = (f"Mean ± half-width of the {pct} Student-t confidence interval over seeds ({seeds}); "
+    common = (f"Mean ± half-width of the {pct} Student-t confidence interval over the seeds (seed {seeds}); "
               f"a bare number had fewer than two values, “{DASH}” none. Differences and ratios are paired "
               f"by seed: every method of one seed shares devices, roles and traces, and only seeds both "
               f"methods ran are paired.")

@@ -1,6 +1,6 @@
 """Federated prune-and-tune on real Shakespeare roles raises held-out accuracy (slow: real training).
 
-A short FedSpine-style run from the cached pre-trained ``tiny`` model: 8 roles with at least 8 000
+A short FedSpine-style run from the cached pre-trained ``tiny`` model (pre-trained on Milton, the default): 8 roles with at least 8 000
 training characters each, flexlora aggregation, ranks 4 and 8, three rounds of τ = 20 local
 iterations at the default learning rate. Accuracy is token-weighted over every participating role's
 held-out lines (25 k characters for seed 0), so the comparison is not decided by a handful of characters. The
@@ -79,6 +79,9 @@ def test_federated_tuning_beats_pretrained():
 @pytest.mark.slow
 def test_federated_prune_and_tune_recovers_pruned_accuracy():
     unpruned, pruned, tuned = federated_run(p=0.1)  # 3 rounds: 30 % nominal sparsity
-    assert pruned.accuracy < unpruned.accuracy  # pruning 30 % costs accuracy ...
+    # No claim about `pruned` vs `unpruned`: with the Milton-pre-trained base, pruning 30 % by the clients'
+    # LoRA-gradient importance *raised* accuracy (0.412 -> 0.425, seed 0; docs/accuracy.md): it removes
+    # structure that served the pre-training domain. The claim is that the tuned adapter adds to the pruned model.
     assert tuned.loss < pruned.loss, (unpruned, pruned, tuned)
-    assert tuned.accuracy > pruned.accuracy, (unpruned, pruned, tuned)  # ... and tuning recovers some of it
+    assert tuned.accuracy > pruned.accuracy, (unpruned, pruned, tuned)
+    assert tuned.accuracy > unpruned.accuracy, (unpruned, pruned, tuned)

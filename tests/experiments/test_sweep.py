@@ -77,3 +77,30 @@ def test_process_pool_runs_members(tiny_config, tmp_path):
     assert sorted(r.status for r in results) == ["done", "done"]
     s0 = json.loads((tmp_path / "fedspine-s0" / "summary.json").read_text())
     assert s0["seed"] == 0 and s0["rounds"] == 2
+
+
+def _die_if_uniform(config_toml: str, out_dir: str):
+    """Stands in for ``run_member`` in the pool's workers: the uniform member kills its worker process."""
+    import os
+
+    from simfed.experiments import sweep
+
+    if 'method = "uniform"' in config_toml:
+        os._exit(3)  # no exception, no cleanup: the pool sees a dead worker
+    return sweep.run_member(config_toml, out_dir)  # in a spawned worker this is the real one
+
+
+def test_a_member_that_kills_its_worker_is_retried_alone_and_reported_crashed(tiny_config, tmp_path, monkeypatch):
+    import simfed.experiments.sweep as sweep_mod
+
+    # The pool pickles the submitted function by reference: spawned workers import this module's stand-in,
+    # while their own simfed.experiments.sweep (imported fresh) keeps the real run_member.
+    monkeypatch.setattr(sweep_mod, "run_member", _die_if_uniform)
+    cfg = C.load(tiny_config, ["rounds=2", "sweep.methods=['fedspine', 'uniform']"])
+    results = run_sweep(cfg, tmp_path, workers=2, echo=None)
+    status = {r.name: r.status for r in results}
+    assert status == {"fedspine-s0": "done", "uniform-s0": "crashed"}
+    assert "worker process died" in next(r.error for r in results if r.status == "crashed")
+    assert (tmp_path / "fedspine-s0" / "summary.json").is_file()
+    recorded = {m["name"]: m["status"] for m in json.loads((tmp_path / "sweep.json").read_text())["members"]}
+    assert recorded == status
