@@ -4,7 +4,8 @@ It reproduces the shape of FedSpine's main comparison (arXiv 2501.02438: the 80-
 testbed, every method at the same target sparsity s*) at a size that runs in minutes: the tiny
 pre-trained model and a type-stratified subset of the fedspine-testbed population (sizes and the
 measured run time are in ``configs/demo.toml``). Steps: pre-train the tiny model if it is not
-cached, run the methods as a sweep (a process pool), draw every figure, write ``report.txt``.
+cached, run the methods as a sweep (a process pool), draw every figure, write ``report.txt`` and the
+paired, seed-level tables of ``simfed compare`` (``comparison.md``).
 """
 
 from __future__ import annotations
@@ -106,6 +107,11 @@ def run_demo(out: Path, *, config_path: str | Path | None = None, overrides: lis
     if not done:
         raise RuntimeError(f"demo: every run failed; see {runs}/*/error.txt")
     plot_runs([runs], out / "figures", echo=echo)
+    if "fedspine" in {r.summary.get("method") for r in done}:
+        from simfed.cli.compare import _import_compare
+
+        load, compare = _import_compare()
+        atomic_write_text(out / "comparison.md", compare.markdown(load.load_runs([runs], events=False)))
     text = report_text([r.summary for r in done], "fedspine", time.perf_counter() - t0, runs)
     if failed:
         text += "\nFAILED: " + ", ".join(f"{r.name} ({r.error})" for r in failed) + "\n"

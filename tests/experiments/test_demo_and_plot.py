@@ -16,6 +16,8 @@ def test_demo_writes_runs_figures_and_report(tmp_path):
     pngs = {p.stem for p in (tmp_path / "figures").glob("*.png")}
     assert {"speedup", "waiting_time", "chosen_arms", "gantt", "round_duration_cdf"} <= pngs
     assert "accuracy_vs_time" not in pngs  # timing mode has no accuracy to draw
+    tables = (tmp_path / "comparison.md").read_text()
+    assert "| hetlora |" in tables and "simulated-time ratio" in tables
 
 
 def test_plot_cli_over_a_sweep(tiny_config, tmp_path, capsys):
