@@ -55,8 +55,11 @@ def _per_seed(summaries: pd.DataFrame, method: str, column: str) -> pd.Series:
     g = summaries[summaries["method"] == method]
     dup = g["seed"][g["seed"].duplicated()]
     if len(dup):
-        raise ValueError(f"method {method!r} has several runs for seed {int(dup.iloc[0])}: "
-                         "pass each sweep once so runs pair by seed")
+        seed = int(dup.iloc[0])
+        paths = ", ".join(str(x) for x in g.loc[g["seed"] == seed, "path"]) if "path" in g else "?"
+        raise ValueError(f"method {method!r} has several runs for seed {seed} ({paths}): pass each sweep once, "
+                         f"or rename one variant's directories (e.g. {method}-s{seed}-<label>) so it is labelled "
+                         "as its own method")
     values = g[column] if column in g else pd.Series(math.nan, index=g.index)
     return pd.Series(pd.to_numeric(values, errors="coerce").to_numpy(dtype=float), index=g["seed"].astype(int))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -231,3 +232,17 @@ def test_cli_errors_name_the_argument(three_seeds, capsys, args, names):
 def test_cli_without_runs(tmp_path, capsys):
     assert main(["compare", str(tmp_path)]) == 2
     assert "RUN_DIR" in capsys.readouterr().err
+
+
+def test_two_sweeps_with_the_same_member_names_are_refused_until_one_is_renamed(tmp_path):
+    for sweep in ("a", "b"):
+        for method in ("fedspine", "uniform"):
+            fake_run(tmp_path / sweep, method, 0, [(10.0, 0.40, 0.5), (20.0, 0.48, 0.5)], target=0.47)
+    both = load.load_runs([tmp_path / "a", tmp_path / "b"], events=False)
+    with pytest.raises(ValueError, match=r"several runs for seed 0 .*rename one variant's directories"):
+        compare.accuracy_table(both)
+    (tmp_path / "b" / "fedspine-s0").rename(tmp_path / "b" / "fedspine-s0-capped")
+    shutil.rmtree(tmp_path / "b" / "uniform-s0")
+    renamed = load.load_runs([tmp_path / "a", tmp_path / "b"], events=False)
+    methods = set(compare.accuracy_table(renamed, reference="uniform")["method"])
+    assert methods == {"uniform", "fedspine", "fedspine-capped"}
