@@ -38,6 +38,9 @@ class TracesConfig:
     generator: str = ""  # or the name of a seeded population generator (e.g. "fedspine-testbed")
     generator_args: dict = field(default_factory=dict)  # keyword arguments of that generator
     seed: int = 0  # the generator's seed (a trace directory is already fixed)
+    # Generate with the run's `seed` instead of `traces.seed`, so that seeds also vary the trace realisation
+    # (default false: one fixed population, like one physical testbed; docs/RESULTS.md "Seeds").
+    seed_follows_run: bool = False
     devices: int = 0  # use a type-stratified subset of this many devices (0 = all of them)
 
 
@@ -201,6 +204,8 @@ def _validate(cfg: RunConfig) -> None:
          {"dir": t.dir, "generator": t.generator})
     need(t.devices >= 0, "traces.devices", "must be >= 0", t.devices)
     need(t.seed >= 0, "traces.seed", "must be >= 0", t.seed)
+    need(not (t.seed_follows_run and t.dir), "traces.seed_follows_run",
+         "applies to traces.generator only (a trace directory is one fixed realisation)", t.seed_follows_run)
     need(bool(cfg.model.preset), "model.preset", "must name a model preset", cfg.model.preset)
     need(cfg.model.pretrain_corpus in ("shakespeare", "milton"), "model.pretrain_corpus",
          "must be 'shakespeare' or 'milton'", cfg.model.pretrain_corpus)

@@ -74,7 +74,8 @@ def load_population(cfg: RunConfig) -> Population:
             from simfed.timing import generators
         except ImportError as exc:  # pragma: no cover - until the generators land
             raise RunError(f"traces.generator: trace generators are not available ({exc})") from None
-        pop = generators.generate(t.generator, seed=t.seed, **t.generator_args)
+        seed = cfg.seed if t.seed_follows_run else t.seed
+        pop = generators.generate(t.generator, seed=seed, **t.generator_args)
     return stratified_subset(pop, t.devices)
 
 

@@ -113,3 +113,22 @@ def test_shipped_configs_are_valid():
     assert files, "no shipped configs"
     for f in files:
         C.load(f)
+
+
+def test_trace_seed_can_follow_the_run_seed(tmp_path):
+    from simfed.experiments.runner import load_population
+
+    def population(seed: int, follows: bool):
+        cfg = C.load(write(tmp_path, GOOD), [f"seed={seed}", f"traces.seed_follows_run={str(follows).lower()}"])
+        pop = load_population(cfg)
+        return [d.device_id for d in pop.devices], [d.compute_flops.values.tolist() + d.up_bps.values.tolist() for d in pop.devices]
+
+    ids0, fixed0 = population(0, False)
+    ids1, fixed1 = population(1, False)
+    assert (ids0, fixed0) == (ids1, fixed1)  # default: one population whatever the run seed
+    ids1f, follow1 = population(1, True)
+    assert ids1f == ids0 and follow1 != fixed0  # same boards, another realisation of their traces
+    assert population(0, True)[1] == fixed0  # run seed 0 == traces.seed 0
+    path = write(tmp_path, GOOD.replace('generator = "fedspine-testbed"', 'dir = "."'))
+    with pytest.raises(C.ConfigError, match=r"traces\.seed_follows_run: applies to traces\.generator only"):
+        C.load(path, ["traces.seed_follows_run=true"])
