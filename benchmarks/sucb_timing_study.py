@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from simfed.decisions.policies import make_policy  # noqa: E402
-from simfed.decisions.timing_study import (  # noqa: E402
+from simfed.experiments.timing_study import (  # noqa: E402
     STUDY_BATCH_SIZE,
     STUDY_PRESET,
     STUDY_SEQ_LEN,

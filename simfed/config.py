@@ -25,8 +25,12 @@ from typing import Any
 
 import tomli_w
 
+import simfed.timing.cost as _cost  # the memory overheads' defaults (light: shapes and arithmetic only)
 
-class ConfigError(ValueError):
+from simfed.errors import OptionError, SimfedError
+
+
+class ConfigError(SimfedError, ValueError):
     """A configuration problem; the message names the file (when known) and the dotted key."""
 
 
@@ -60,6 +64,27 @@ class ModelConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """LoRA on the timed model (``model.timing_preset``, else ``model.preset``): docs/timing.md §1."""
+
+    # Adapted linears in simfed's names (q, k, v, o, gate, up, down; an encoder has no gate). [] = the preset's
+    # default: q and v for roberta-base, roberta-large and llama-7b (as PEFT does), all seven for tiny and smollm2-135m.
+    targets: list = field(default_factory=list)
+    dtype: str = "float32"  # adapters, their gradients and optimizer state, and the payload: "float32" or "float16"
+    train_head: bool = True  # an encoder's classification head trains and travels with the adapters (PEFT's SEQ_CLS)
+
+
+@dataclass
+class MemoryConfig:
+    """Runtime overheads of training memory (docs/timing.md §1.4; an OS reserve belongs to the devices)."""
+
+    # Peak tensors are multiplied by this: PyTorch's caching allocator, 15 % fragmentation (GMLake) -> 1/0.85.
+    allocator_factor: float = _cost.DEFAULT_ALLOCATOR_FACTOR
+    # Added bytes: a Python/PyTorch process (measured here) and a CUDA context without lazy loading (Jetson).
+    runtime_bytes: float = _cost.DEFAULT_RUNTIME_BYTES
+
+
+@dataclass
 class TrainConfig:
     """Local training on each device (the paper's τ and local iterations per round)."""
 
@@ -78,7 +103,23 @@ class EngineOptions:
     participants: int = 0  # devices sampled per round (0 = all devices)
     overcommit: float = 1.0  # FedScale-style: sample participants × overcommit, keep the first participants
     deadline_s: float = 0.0  # simulated seconds after the round start when late work is discarded (0 = none)
-    max_concurrent_transfers: int = 0  # server-side limit on simultaneous transfers (0 = unlimited)
+    max_concurrent_transfers: int = 0  # server-side connection slots that transfers queue for (0 = unlimited)
+
+
+@dataclass
+class ServerOptions:
+    """The server's own links and work (docs/timing.md §3.1, "Server-side time")."""
+
+    # The server's effective throughput for aggregation, evaluation and one-shot pruning, FLOP/s. Default:
+    # 1e13, about half of an NVIDIA A100's 19.5 TFLOP/s FP32 peak (an assumption: FedSpine's server is not stated).
+    flops: float = 1e13
+    downlink: float = 0.0  # bytes/s the server can send to all devices together (what they download); 0 = unlimited
+    uplink: float = 0.0  # bytes/s it can receive from all devices together (what they upload); 0 = unlimited
+    aggregation_time: bool = True  # time the aggregation from the aggregator's FLOPs
+    oneshot_time: bool = True  # time one-shot pruning (prune-then-tune) before the first round
+    calibration_sequences: int = 10  # one-shot pruning's calibration sequences (LLM-Pruner: 10 samples)
+    base_download: bool = True  # devices download the base model (at their structure) with their first payload
+    eval_sequences: int = 0  # sequences scored per device per evaluation (0: evaluation takes no time)
 
 
 @dataclass
@@ -89,7 +130,7 @@ class PolicyConfig:
     r_min: int = 2  # smallest LoRA rank
     r_max: int = 32  # largest LoRA rank
     rank: int = 8  # the one rank of single-rank methods (prune-then-tune, uniform, fedmp)
-    params: dict = field(default_factory=dict)  # extra keyword arguments for the policy (e.g. gamma)
+    params: dict = field(default_factory=dict)  # options of the method's policy (e.g. discount, S-UCB's γ)
     method_params: dict = field(default_factory=dict)  # recipe parameters (rounds_to_target, ranks_by_type, n_p)
     reward: dict = field(default_factory=dict)  # reward weights (names as in simfed.decisions.reward)
 
@@ -120,8 +161,11 @@ class RunConfig:
     torch_threads: int = 1  # PyTorch CPU threads in full mode (1: fastest on a shared machine; 0: torch's default)
     traces: TracesConfig = field(default_factory=TracesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     engine: EngineOptions = field(default_factory=EngineOptions)
+    server: ServerOptions = field(default_factory=ServerOptions)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
@@ -209,6 +253,20 @@ def _validate(cfg: RunConfig) -> None:
     need(bool(cfg.model.preset), "model.preset", "must name a model preset", cfg.model.preset)
     need(cfg.model.pretrain_corpus in ("shakespeare", "milton"), "model.pretrain_corpus",
          "must be 'shakespeare' or 'milton'", cfg.model.pretrain_corpus)
+    lo = cfg.lora
+    need(lo.dtype in ("float32", "float16"), "lora.dtype", "must be 'float32' or 'float16'", lo.dtype)
+    from simfed.timing.presets import preset_modules  # light: no model code
+
+    timed = cfg.model.timing_preset or cfg.model.preset
+    modules = preset_modules(timed)
+    known = modules or ("q", "k", "v", "o", "gate", "up", "down")
+    for i, m in enumerate(lo.targets):
+        need(isinstance(m, str) and m in known, f"lora.targets[{i}]",
+             f"must be a linear of {timed} (one of {', '.join(known)})", m)
+    need(len(set(lo.targets)) == len(lo.targets), "lora.targets", "names a linear twice", lo.targets)
+    mem = cfg.memory
+    need(mem.allocator_factor >= 1.0, "memory.allocator_factor", "must be >= 1 (1 = tensors only)", mem.allocator_factor)
+    need(mem.runtime_bytes >= 0.0, "memory.runtime_bytes", "must be >= 0 bytes", mem.runtime_bytes)
     tr = cfg.train
     need(tr.local_iters >= 1, "train.local_iters", "must be >= 1", tr.local_iters)
     need(tr.tau >= 1, "train.tau", "must be >= 1", tr.tau)
@@ -221,6 +279,12 @@ def _validate(cfg: RunConfig) -> None:
     need(e.overcommit >= 1.0, "engine.overcommit", "must be >= 1", e.overcommit)
     need(e.deadline_s >= 0.0, "engine.deadline_s", "must be >= 0 (0 = no deadline)", e.deadline_s)
     need(e.max_concurrent_transfers >= 0, "engine.max_concurrent_transfers", "must be >= 0", e.max_concurrent_transfers)
+    sv = cfg.server
+    need(sv.flops > 0, "server.flops", "must be > 0 (FLOP/s)", sv.flops)
+    need(sv.downlink >= 0, "server.downlink", "must be >= 0 bytes/s (0 = unlimited)", sv.downlink)
+    need(sv.uplink >= 0, "server.uplink", "must be >= 0 bytes/s (0 = unlimited)", sv.uplink)
+    need(sv.calibration_sequences >= 1, "server.calibration_sequences", "must be >= 1", sv.calibration_sequences)
+    need(sv.eval_sequences >= 0, "server.eval_sequences", "must be >= 0 (0 = evaluation takes no time)", sv.eval_sequences)
     p = cfg.policy
     need(0.0 <= p.p_max < 1.0, "policy.p_max", "must be in [0, 1)", p.p_max)
     need(p.r_min >= 1, "policy.r_min", "must be >= 1", p.r_min)
@@ -243,6 +307,13 @@ def _validate(cfg: RunConfig) -> None:
                 from_dict(trial)
             except ConfigError as exc:
                 raise ConfigError(f"sweep.grid.{key}: value {v!r} is not valid ({exc})") from None
+    # the free-form tables (generator_args, method_params, params, reward) against what reads them
+    from simfed.config_tables import check_tables  # lazy: they belong to the generators and methods
+
+    try:
+        check_tables(cfg)
+    except OptionError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def from_dict(data: dict, *, base_dir: Path | None = None) -> RunConfig:
@@ -328,9 +399,13 @@ def load(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     p = Path(path)
     data = apply_overrides(read_toml(p), overrides)
     try:
-        return from_dict(data, base_dir=p.resolve().parent)
+        cfg = from_dict(data, base_dir=p.resolve().parent)
     except ConfigError as exc:
         raise ConfigError(f"{p}: {exc}") from None
+    from simfed.config_tables import warn_unread
+
+    warn_unread(cfg, f"{p}: ")  # keys of the shared tables that none of this run's methods reads
+    return cfg
 
 
 def dumps(cfg: RunConfig) -> str:
@@ -351,8 +426,11 @@ __all__ = [
     "RunConfig",
     "TracesConfig",
     "ModelConfig",
+    "LoRAConfig",
+    "MemoryConfig",
     "TrainConfig",
     "EngineOptions",
+    "ServerOptions",
     "PolicyConfig",
     "SweepConfig",
     "MODES",

@@ -51,6 +51,7 @@ class Plan:
     sparsity_after: float
     local_iters: int
     tau: int
+    base_download: bool = False  # the device also downloads the (pruned) base model this round (its first)
 
     @property
     def rank(self) -> int:
@@ -66,6 +67,7 @@ class Outcome(str, Enum):
     OFFLINE = "offline"  # went offline mid-round: work lost
     UNAVAILABLE = "unavailable"  # never came online before the round closed
     OOM = "oom"  # the configuration does not fit the device's RAM
+    FAILED = "failed"  # finished, but its training diverged (non-finite or exploding update): not aggregated
 
 
 @dataclass(frozen=True)

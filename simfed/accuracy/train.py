@@ -32,6 +32,7 @@ from copy import deepcopy
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,7 +41,15 @@ from simfed.accuracy.data import ClientData, random_windows
 from simfed.accuracy.evaluate import Delta, EvalResult, evaluate_with_delta
 from simfed.accuracy.lora import DEFAULT_ALPHA, load_factors, read_factors, remove_adapters, update_norm
 from simfed.accuracy.model import Model
-from simfed.accuracy.prune import NEEDS_LORA_GRAD, NEEDS_WEIGHT_GRAD, ImportanceEMA, LayerScores, criterion, prune_step
+from simfed.accuracy.prune import (
+    NEEDS_LORA_GRAD,
+    NEEDS_WEIGHT_GRAD,
+    ImportanceEMA,
+    LayerScores,
+    criterion,
+    prune_model_to_kept,
+    prune_step,
+)
 from simfed.records import DeviceReport, Plan
 from simfed.structure import sparsity_of, stage_targets, structure_at, round_schedule
 
@@ -98,6 +107,7 @@ class Trainer:
         self.clients = clients
         self.config = config
         self._states: dict[str, DeviceState] = {}
+        self._before: dict[str, tuple] = {}  # device -> its state before its last local round (see revert)
         self.train_wall_s = 0.0  # host seconds spent in local training (for benchmarks, not simulated time)
         self.train_steps = 0
 
@@ -148,6 +158,7 @@ class Trainer:
         if factors.rank != plan.arm.r:
             raise ValueError(f"device {plan.device_id!r}: factors have rank {factors.rank}, the plan says {plan.arm.r}")
         t0 = time.perf_counter()
+        self._before[plan.device_id] = (st.kept.copy(), deepcopy(st.ema), st.generator.get_state(), st.steps)
         sparsity_before = sparsity_of(self.shape, st.kept.structure())
         model = st.model
         model.train()
@@ -195,6 +206,23 @@ class Trainer:
             n_samples=n,
             update=DeviceUpdate(factors=trained, kept=st.kept.copy(), n_samples=n),
         )
+
+    def revert(self, device_id: str) -> None:
+        """Put a device back as it was before its last local round (the server rejected that round's update:
+        its pruning, importance EMA and data position are undone, as if it had not trained)."""
+        if device_id not in self._before:
+            raise KeyError(f"device {device_id!r} has not trained: nothing to revert")
+        kept, ema, gen_state, steps = self._before.pop(device_id)
+        st = self.state(device_id)
+        if kept.structure() != st.kept.structure() or any(
+            not np.array_equal(a, b) for a, b in zip(kept.groups + kept.channels, st.kept.groups + st.kept.channels)
+        ):
+            model = deepcopy(self.base)
+            model.freeze_base()
+            prune_model_to_kept(model, Kept.full(self.shape), kept)
+            st.model = model
+        st.kept, st.ema, st.steps = kept, ema, steps
+        st.generator.set_state(gen_state)
 
     def _scores_for_pruning(self, st: DeviceState) -> list[LayerScores]:
         if self.config.criterion in NEEDS_LORA_GRAD and st.ema.scores is not None:

@@ -58,14 +58,24 @@ def _study(args: argparse.Namespace) -> int:
     from simfed.decisions.arms import ArmSpace
     from simfed.decisions.study import plot_regret, run_study, summarise, write_table
 
+    from simfed.decisions.policies import policy_options
+
     if args.steps < 1:
         raise CliError(f"--steps must be >= 1, got {args.steps}")
     space = ArmSpace(p_max=args.p_max, r_min=args.r_min, r_max=args.r_max)
+    policies = _names(args.policies, "--policies")
+    policy_params = _json_object(args.policy_params, "--policy-params")
+    for name in policies:
+        policy_options(name)  # an unknown policy is one line listing the known ones
+    for name, params in policy_params.items():
+        if name not in policies:
+            raise CliError(f"--policy-params {name}: not one of the --policies ({', '.join(policies)})")
+        policy_params[name] = policy_options(name).check(params, f"--policy-params {name}.")
     records = run_study(
-        _names(args.policies, "--policies"), _names(args.envs, "--envs"), steps=args.steps, seeds=_seeds(args.seeds),
+        policies, _names(args.envs, "--envs"), steps=args.steps, seeds=_seeds(args.seeds),
         arm_space=space, noise=args.noise, sigma=args.sigma,
         env_params=_json_object(args.env_params, "--env-params"),
-        policy_params=_json_object(args.policy_params, "--policy-params"),
+        policy_params=policy_params,
     )
     if args.out:
         write_table(records, args.out)
@@ -81,11 +91,15 @@ def _list(args: argparse.Namespace) -> int:
     from simfed.decisions.policies import POLICIES
     from simfed.decisions.study import ENVIRONMENTS
 
-    print("policies:     " + ", ".join(POLICIES))
+    print("policies (options for policy.params / --policy-params):")
+    for name, cls in POLICIES.items():
+        print(f"  {name:22s} {cls.options().accepted()}")
     print("environments: " + ", ".join(ENVIRONMENTS))
-    print("methods:")
+    print("methods (policy; policy.params it takes; policy.method_params it reads):")
     for name, r in METHODS.items():
         print(f"  {name:22s} prune={r.prune_mode:9s} importance={r.importance:9s} aggregator={r.aggregator:8s} {r.description}")
+        print(f"  {'':22s} policy={r.policy}; params: {r.policy_options().accepted()}; "
+              f"method_params: {r.param_options().accepted()}")
     return 0
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from simfed.cli import CliError
+
 
 def import_analysis():
     """The ``analysis`` package lives beside ``simfed/`` in the repository (not inside the package)."""
@@ -59,7 +61,7 @@ def _main(args: argparse.Namespace) -> int:
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     for f in formats:
         if f not in ("png", "pdf", "svg"):
-            raise ValueError(f"--formats: unknown format {f!r} (png, pdf or svg)")
+            raise CliError(f"--formats: unknown format {f!r} (png, pdf or svg)")
     out = Path(args.out) if args.out else (Path(args.runs[0]) / "figures" if len(args.runs) == 1 else Path("figures"))
     plot_runs(args.runs, out, formats, args.baseline)
     return 0

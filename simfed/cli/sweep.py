@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from simfed import config as config_mod
+from simfed.cli import CliError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,7 +33,7 @@ def _main(args: argparse.Namespace) -> int:
     from simfed.experiments.sweep import run_sweep
 
     if args.workers < 0 or args.dask_local < 0:
-        raise ValueError("--workers and --dask-local must be >= 0")
+        raise CliError(f"--workers and --dask-local must be >= 0, got {args.workers} and {args.dask_local}")
     cfg = config_mod.load(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     results = run_sweep(cfg, out, workers=args.workers, scheduler=args.scheduler, dask_local=args.dask_local)

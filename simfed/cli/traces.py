@@ -7,7 +7,9 @@
 Generators and formats are the registries of :mod:`simfed.timing.generators` and
 :mod:`simfed.timing.importers`; ``--set`` passes one of their keyword options (e.g.
 ``--set behave=client_behave_trace`` for ``fedscale``, ``--set efficiency=0.4`` for
-``fedspine-testbed``). The output directory is written atomically in the format of
+``fedspine-testbed``), read as the type the option declares (a string option keeps its text:
+``--set device_id=007`` stays ``"007"``). An unknown option or a value out of range is one line
+naming it and what is accepted. The output directory is written atomically in the format of
 :mod:`simfed.timing.tracefile` (``traces/SCHEMA.md``).
 """
 
@@ -49,47 +51,42 @@ def register(subparsers) -> None:
     show.set_defaults(func=_show)
 
 
-def _parse_value(text: str):
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def _options(pairs: list[str]) -> dict:
+def _texts(pairs: list[str]) -> dict[str, str]:
+    """``["a=1", "b-c=x"]`` -> ``{"a": "1", "b_c": "x"}`` (values stay text until their option reads them)."""
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
             raise CliError(f"--set expects KEY=VALUE, got {pair!r}")
-        out[key] = _parse_value(value)
+        if key in out:
+            raise CliError(f"--set {key}: given twice ({out[key]!r} and {value!r})")
+        out[key] = value
     return out
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from simfed.timing.generators import generate
+    from simfed.timing.generators import generate, generator_options
     from simfed.timing.tracefile import write_population
 
-    try:
-        pop = generate(args.name, n_devices=args.devices, seed=args.seed, duration_s=args.duration_s, **_options(args.set))
-    except TypeError as exc:
-        raise CliError(f"generator {args.name!r}: {exc}") from None
+    table = generator_options(args.name).providing(n_devices="--devices", seed="--seed", duration_s="--duration-s")
+    options = table.parse(_texts(args.set))
+    # the three flags are options of every generator: check them with the same declarations
+    flags = {name: table.options[name].check(value, flag) for name, flag, value in (
+        ("n_devices", "--devices", args.devices), ("seed", "--seed", args.seed),
+        ("duration_s", "--duration-s", args.duration_s))}  # fmt: skip
+    pop = generate(args.name, **flags, **options)
     out = write_population(pop, args.out)
     print(f"wrote {len(pop)} devices ({args.name}, seed {args.seed}) to {out}")
     return 0
 
 
 def _import(args: argparse.Namespace) -> int:
-    from simfed.timing.importers import import_traces
+    from simfed.timing.importers import import_traces, importer_options
     from simfed.timing.tracefile import write_population
 
-    pop = import_traces(args.format, args.path, **_options(args.set))
+    options = importer_options(args.format).parse(_texts(args.set))
+    pop = import_traces(args.format, args.path, **options)
     out = write_population(pop, args.out)
     print(f"imported {len(pop)} devices ({args.format}) from {args.path} to {out}")
     return 0

@@ -17,10 +17,14 @@ The τ ablation is not a method: τ (local iterations between pruning steps) is 
 ``fedspine`` with ``tau`` set to 5, 10, 20, 40, 80 (a sweep over ``tau``). ``hetlora`` has no pruning,
 so its importance criterion is unused (listed for completeness).
 
-Recipe parameters (``params``): ``rank`` (one-rank methods; default 8, the geometric middle of
-[2, 32]), ``s_star`` and ``rounds_to_target`` (uniform/fixed-ratio p = s*/rounds_to_target, default 10
-rounds), ``ranks_by_type`` (hetlora), ``policy`` (extra policy kwargs, e.g. S-UCB's ν, ρ, γ),
-``traces`` and ``predict_completion_s`` (oracle only).
+Recipe parameters (``params``) are declared per recipe (:attr:`Recipe.params`, with types, ranges
+and defaults): ``rank`` (one-rank methods; default 8, the geometric middle of [2, 32]; a run sets it
+from ``policy.rank``), ``s_star`` (a run sets it from ``s_star``) and ``rounds_to_target``
+(uniform/fixed-ratio p = s*/rounds_to_target, default 10 rounds), ``ranks_by_type`` (hetlora),
+``n_p`` (fedmp's number of pruning increments, default 5). ``policy`` holds the user's options of
+the method's policy (``policy.params`` of a run config, e.g. S-UCB's ``discount`` γ, ``nu`` ν,
+``rho`` ρ): :meth:`Recipe.policy_options` says which ones a method forwards. ``traces`` and
+``predict_completion_s`` are the oracle's inputs, built by the server loop.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from simfed.decisions.arms import ArmSpace
-from simfed.decisions.policies import Policy, make_policy
+from simfed.decisions.policies import POLICIES, Policy, make_policy
+from simfed.errors import OptionError
+from simfed.options import REQUIRED, Option, OptionTable, Range
 from simfed.records import Arm
 
 PRUNE_MODES = ("iterative", "oneshot", "none")
@@ -42,34 +48,64 @@ AGGREGATORS = ("flexlora", "hetlora", "fedavg")
 HETLORA_JETSON_RANKS: dict[str, int] = {"tx2": 4, "nx": 8, "agx": 16}
 
 
+# The recipe parameters (declared once; each recipe lists the ones it reads). ``provided`` ones are set
+# by a run from another config key, never in ``policy.method_params``.
+RANK = Option("rank", "int", 8, range=Range(ge=1), provided="policy.rank")
+S_STAR = Option("s_star", "float", REQUIRED, range=Range(ge=0, lt=1), provided="s_star")
+ROUNDS_TO_TARGET = Option("rounds_to_target", "int", 10, range=Range(ge=1))
+N_P = Option("n_p", "int", 5, range=Range(ge=1))
+RANKS_BY_TYPE = Option("ranks_by_type", "table", dict(HETLORA_JETSON_RANKS),
+                       item=Option("rank", "int", range=Range(ge=1)))
+# what the server loop passes besides the parameters (objects, not options)
+INPUTS = ("policy", "traces", "predict_completion_s")
+
+
 @dataclass(frozen=True)
 class PolicyContext:
-    """What a recipe may use to build its policy: only what a server knows at registration."""
+    """What a recipe may use to build its policy: only what a server knows at registration.
+
+    ``params`` are the recipe's parameters, already checked against :attr:`Recipe.params` with every
+    default filled in; ``policy_params`` the user's options of the method's policy (checked);
+    ``inputs`` the server loop's objects (the oracle's traces and predictor).
+    """
 
     arm_space: ArmSpace
     device_ids: tuple[str, ...]
     device_types: Mapping[str, str]
     seed: int
     params: Mapping[str, Any] = field(default_factory=dict)
+    policy_params: Mapping[str, Any] = field(default_factory=dict)
+    inputs: Mapping[str, Any] = field(default_factory=dict)
 
-    def param(self, key: str, default: Any) -> Any:
-        return self.params.get(key, default)
+    def param(self, key: str) -> Any:
+        """A declared recipe parameter (its default when not given); an undeclared key is a bug."""
+        if key not in self.params:
+            raise KeyError(f"recipe parameter {key!r} is not declared by this method (add it to Recipe.params)")
+        return self.params[key]
 
     def policy_kwargs(self) -> dict[str, Any]:
-        extra = self.params.get("policy", {})
-        if not isinstance(extra, Mapping):
-            raise ValueError(f"method params: 'policy' must be a mapping of policy arguments, got {extra!r}")
-        return dict(extra)
+        return dict(self.policy_params)
 
 
 @dataclass(frozen=True)
 class Recipe:
+    """A method: how it prunes, scores importance and aggregates, and how it builds its policy.
+
+    ``policy`` is the registered policy the factory builds; ``policy_args`` the policy options the
+    recipe sets itself; ``forwards_policy_params`` whether the user's ``policy.params`` reach the
+    policy at all; ``params`` the recipe parameters the factory reads (:class:`~simfed.options.Option`).
+    """
+
     name: str
     prune_mode: str
     importance: str
     aggregator: str
     policy_factory: Callable[[PolicyContext], Policy]
     description: str
+    policy: str = "fixed"
+    params: tuple[Option, ...] = ()
+    policy_args: tuple[str, ...] = ()
+    forwards_policy_params: bool = False
 
     def __post_init__(self) -> None:
         if self.prune_mode not in PRUNE_MODES:
@@ -78,26 +114,33 @@ class Recipe:
             raise ValueError(f"recipe {self.name}: importance {self.importance!r} not in {IMPORTANCES}")
         if self.aggregator not in AGGREGATORS:
             raise ValueError(f"recipe {self.name}: aggregator {self.aggregator!r} not in {AGGREGATORS}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"recipe {self.name}: policy {self.policy!r} is not registered")
+
+    def param_options(self) -> OptionTable:
+        """The recipe parameters this method reads (``policy.method_params``; ``rank``/``s_star`` provided)."""
+        return OptionTable(f"method {self.name!r}", self.params)
+
+    def policy_options(self) -> OptionTable:
+        """The options of this method's policy that a user may set (``policy.params``)."""
+        owner = f"policy {self.policy!r} of method {self.name!r}"
+        if not self.forwards_policy_params:
+            return OptionTable(owner, [])
+        table = POLICIES[self.policy].options().without(*self.policy_args)
+        return OptionTable(owner, list(table))
 
 
 def _one_rank(ctx: PolicyContext) -> int:
-    rank = ctx.param("rank", 8)
-    if int(rank) != rank or not (ctx.arm_space.r_min <= rank <= ctx.arm_space.r_max):
-        raise ValueError(f"method params: rank={rank!r} must be an integer in [{ctx.arm_space.r_min}, {ctx.arm_space.r_max}]")
+    rank = ctx.param("rank")
+    if not (ctx.arm_space.r_min <= rank <= ctx.arm_space.r_max):
+        raise OptionError(f"rank: {rank!r} is outside the arm space's ranks [{ctx.arm_space.r_min}, {ctx.arm_space.r_max}] "
+                          "(policy.r_min, policy.r_max)")
     return int(rank)
 
 
 def uniform_increment(ctx: PolicyContext) -> float:
     """p = s* / rounds_to_target: every device reaches s* after the same number of rounds."""
-    if "s_star" not in ctx.params:
-        raise ValueError("method params: 's_star' (target sparsity) is required for this method")
-    s_star = float(ctx.params["s_star"])
-    rounds = ctx.param("rounds_to_target", 10)
-    if not (0.0 <= s_star < 1.0):
-        raise ValueError(f"method params: s_star={s_star!r} must be in [0, 1)")
-    if int(rounds) != rounds or rounds < 1:
-        raise ValueError(f"method params: rounds_to_target={rounds!r} must be a positive integer")
-    return s_star / int(rounds)
+    return ctx.param("s_star") / ctx.param("rounds_to_target")
 
 
 def hetlora_rank(device_type: str, table: Mapping[str, int]) -> int:
@@ -120,7 +163,7 @@ def _fedspine(ctx: PolicyContext) -> Policy:
 
 
 def _hetlora(ctx: PolicyContext) -> Policy:
-    table = {k.lower(): v for k, v in dict(ctx.param("ranks_by_type", HETLORA_JETSON_RANKS)).items()}
+    table = {k.lower(): v for k, v in dict(ctx.param("ranks_by_type")).items()}
     per_device = {}
     for dev in ctx.device_ids:
         if dev not in ctx.device_types:
@@ -141,15 +184,15 @@ def _uniform(ctx: PolicyContext) -> Policy:
 
 def _fedmp(ctx: PolicyContext) -> Policy:
     rank = _one_rank(ctx)
-    arms = [Arm(p, rank) for p in ctx.arm_space.grid_ps(int(ctx.param("n_p", 5)))]
+    arms = [Arm(p, rank) for p in ctx.arm_space.grid_ps(ctx.param("n_p"))]
     return make_policy("discounted-ucb", arm_space=ctx.arm_space, seed=ctx.seed, arms=arms, **ctx.policy_kwargs())
 
 
 def _oracle(ctx: PolicyContext) -> Policy:
-    if "traces" not in ctx.params or "predict_completion_s" not in ctx.params:
+    if "traces" not in ctx.inputs or "predict_completion_s" not in ctx.inputs:
         raise ValueError("oracle: method params need 'traces' and 'predict_completion_s' (the server loop builds them)")
-    return make_policy("oracle", arm_space=ctx.arm_space, seed=ctx.seed, traces=ctx.params["traces"],
-                       predict_completion_s=ctx.params["predict_completion_s"], **ctx.policy_kwargs())
+    return make_policy("oracle", arm_space=ctx.arm_space, seed=ctx.seed, traces=ctx.inputs["traces"],
+                       predict_completion_s=ctx.inputs["predict_completion_s"], **ctx.policy_kwargs())
 
 
 def _fixed_rank(ctx: PolicyContext) -> Policy:
@@ -162,31 +205,97 @@ def _fixed_ratio(ctx: PolicyContext) -> Policy:
 
 
 _RECIPES = [
-    Recipe("fedspine", "iterative", "lora-grad", "flexlora", _fedspine, "FedSpine: S-UCB chooses (p, r) per device"),
-    Recipe("hetlora", "none", "lora-grad", "hetlora", _hetlora, "HetLoRA: no pruning, static rank by device type"),
+    Recipe("fedspine", "iterative", "lora-grad", "flexlora", _fedspine, "FedSpine: S-UCB chooses (p, r) per device",
+           policy="sucb", forwards_policy_params=True),
+    Recipe("hetlora", "none", "lora-grad", "hetlora", _hetlora, "HetLoRA: no pruning, static rank by device type",
+           params=(RANKS_BY_TYPE,)),
     Recipe("prune-then-tune", "oneshot", "taylor", "fedavg", _prune_then_tune,
-           "one-shot Taylor pruning to s* before FL, then FedAvg LoRA at one rank"),
-    Recipe("uniform", "iterative", "lora-grad", "flexlora", _uniform, "iterative pruning, the same p and rank for all"),
-    Recipe("fedmp", "iterative", "lora-grad", "flexlora", _fedmp, "FedMP-style bandit (discounted UCB) on p only, fixed rank"),
-    Recipe("oracle", "iterative", "lora-grad", "flexlora", _oracle, "reads the traces; equalises predicted completion times"),
-    Recipe("fedspine-fixed-rank", "iterative", "lora-grad", "flexlora", _fixed_rank, "ablation: S-UCB on p, rank fixed"),
-    Recipe("fedspine-fixed-ratio", "iterative", "lora-grad", "flexlora", _fixed_ratio, "ablation: S-UCB on r, p fixed"),
+           "one-shot Taylor pruning to s* before FL, then FedAvg LoRA at one rank", params=(RANK,)),
+    Recipe("uniform", "iterative", "lora-grad", "flexlora", _uniform, "iterative pruning, the same p and rank for all",
+           params=(RANK, S_STAR, ROUNDS_TO_TARGET)),
+    Recipe("fedmp", "iterative", "lora-grad", "flexlora", _fedmp, "FedMP-style bandit (discounted UCB) on p only, fixed rank",
+           policy="discounted-ucb", params=(RANK, N_P), forwards_policy_params=True),
+    Recipe("oracle", "iterative", "lora-grad", "flexlora", _oracle, "reads the traces; equalises predicted completion times",
+           policy="oracle", forwards_policy_params=True),
+    Recipe("fedspine-fixed-rank", "iterative", "lora-grad", "flexlora", _fixed_rank, "ablation: S-UCB on p, rank fixed",
+           policy="sucb", params=(RANK,), policy_args=("fix_r",), forwards_policy_params=True),
+    Recipe("fedspine-fixed-ratio", "iterative", "lora-grad", "flexlora", _fixed_ratio, "ablation: S-UCB on r, p fixed",
+           policy="sucb", params=(S_STAR, ROUNDS_TO_TARGET), policy_args=("fix_p",), forwards_policy_params=True),
 ]
 
 METHODS: dict[str, Recipe] = {r.name: r for r in _RECIPES}
 
 
 def get_method(name: str) -> Recipe:
+    """The recipe of method ``name``.
+
+    Raises:
+        OptionError: an unknown method (the message lists the known ones).
+    """
     recipe = METHODS.get(name)
     if recipe is None:
-        raise ValueError(f"unknown method {name!r}; known: {sorted(METHODS)}")
+        raise OptionError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
     return recipe
+
+
+def all_param_names() -> set[str]:
+    """Every recipe parameter some method reads (a sweep shares one ``policy.method_params`` table)."""
+    return {o.name for r in METHODS.values() for o in r.params}
+
+
+def all_policy_param_names() -> set[str]:
+    """Every policy option some method forwards (a sweep shares one ``policy.params`` table)."""
+    return {name for r in METHODS.values() for name in r.policy_options().names}
+
+
+def split_params(recipe: Recipe, params: Mapping[str, Any], prefix: str = "") -> tuple[dict, dict, dict]:
+    """``params`` as (the recipe's parameters, checked and completed with defaults; its policy's
+    options, checked; the server loop's inputs).
+
+    Keys that only other methods read are left out: one table serves every method of a sweep.
+    ``prefix`` goes before every key in messages.
+
+    Raises:
+        OptionError: a key no method reads, a value of the wrong type or out of range, a required
+            parameter missing (``s_star`` for ``uniform``).
+    """
+    own = recipe.param_options()
+    mine, others = {}, all_param_names()
+    for key, value in params.items():
+        if key in INPUTS:
+            continue
+        if key in own:
+            mine[key] = value
+        elif key not in others:
+            raise OptionError(f"{prefix}{key}: not a parameter of any method (accepted: {', '.join(sorted(others))})")
+    checked = own.check(mine, prefix, allow_provided=True, fill_defaults=True)
+    policy_params = params.get("policy") or {}
+    if not isinstance(policy_params, Mapping):
+        raise OptionError(f"{prefix}policy: expected a table of policy options, got {policy_params!r}")
+    table, shared = recipe.policy_options(), all_policy_param_names()
+    for key in policy_params:
+        if key not in table and key not in shared:
+            raise table.unknown_key(key, f"{prefix}policy.")
+    kwargs = table.check({k: v for k, v in policy_params.items() if k in table}, f"{prefix}policy.")
+    inputs = {k: params[k] for k in INPUTS if k in params and k != "policy"}
+    return checked, kwargs, inputs
 
 
 def build_policy(method: str, arm_space: ArmSpace, device_ids: Sequence[str], device_types: Mapping[str, str],
                  seed: int, params: Mapping[str, Any] | None = None) -> Policy:
-    """The policy of ``method`` for these devices (the server's registration data) and seed."""
+    """The policy of ``method`` for these devices (the server's registration data) and seed.
+
+    ``params`` holds the recipe parameters (:attr:`Recipe.params`), ``policy`` (the user's policy
+    options) and, for the oracle, ``traces`` and ``predict_completion_s`` (see :func:`split_params`).
+
+    Raises:
+        OptionError: an unknown method, parameter or policy option, or a value out of range.
+        ValueError: the recipe cannot be built for these devices (e.g. a device type without a
+            HetLoRA rank, the oracle without its inputs).
+    """
+    recipe = get_method(method)
+    values, policy_params, inputs = split_params(recipe, dict(params or {}))
     ctx = PolicyContext(arm_space=arm_space, device_ids=tuple(device_ids), device_types=dict(device_types),
-                        seed=int(seed), params=dict(params or {}))
-    return get_method(method).policy_factory(ctx)
+                        seed=int(seed), params=values, policy_params=policy_params, inputs=inputs)
+    return recipe.policy_factory(ctx)
 

@@ -46,7 +46,23 @@ class FullLearner:
 
     def train(self, plans: list[Plan]) -> dict[str, DeviceReport]:
         factors = {p.device_id: self.aggregator.factors_for(p.arm.r, self.trainer.kept(p.device_id)) for p in plans}
+        self._reference = {p.device_id: self._weight_norm(p.device_id) for p in plans}
         return {r.device_id: r for r in self.trainer.run_round(plans, factors)}
+
+    def _weight_norm(self, device_id: str) -> float:
+        from simfed.accuracy.lora import adapted_linears
+
+        with torch.no_grad():
+            model = self.trainer.state(device_id).model
+            return float(sum(torch.linalg.matrix_norm(lin.weight.float()) for lin in adapted_linears(model).values()))
+
+    def reference_norm(self, device_id: str) -> float:
+        """‖W‖_F summed over the adapted linears of the device's model as it was when its last round began."""
+        return self._reference[device_id]
+
+    def reject(self, device_id: str) -> None:
+        """The server rejected the device's update: undo its local round (pruning, importance, data position)."""
+        self.trainer.revert(device_id)
 
     def aggregate(self, reports: list[DeviceReport]) -> None:
         self.aggregator.aggregate([r.update for r in reports])

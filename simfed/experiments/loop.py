@@ -1,21 +1,26 @@
 """The server loop: where the three layers meet, and nowhere else (DESIGN §1, FedSpine's round loop).
 
-:class:`ServerLoop` is the timing engine's ``RoundDriver``. Each round:
+:class:`ServerLoop` is the timing engine's one :class:`~simfed.timing.engine.RoundDriver`, for full runs
+(with a :class:`Learner`: real training) and timing-only runs (without one) alike. Each round:
 
 1. ``plans``: the policy picks each participant's arm (p, r); the server turns it into a
    :class:`~simfed.records.Plan` from the nominal sparsity it tracks per device
-   (:func:`~simfed.structure.next_sparsity`, capped at s*), ``local_iters`` and ``tau``;
-2. the engine simulates the round's timeline (it never sees training) and calls
-3. ``round_done`` with every device's :class:`~simfed.records.DeviceTiming`: the devices whose
-   outcome is OK train for real (the :class:`Learner`; skipped in timing mode), their updates are
-   aggregated, the global model is evaluated every ``eval_every`` rounds, the server builds one
-   :class:`~simfed.records.Observation` per device, computes the rewards and updates the policy,
-   and appends one per-round row and one row per device-round.
+   (:func:`~simfed.structure.next_sparsity`, capped at s*), ``local_iters`` and ``tau``; a device that has
+   not yet downloaded the base model downloads it with its first payload (when that is timed);
+2. the engine simulates the devices' phases until the round closes and calls
+3. ``round_closed`` with every device's :class:`~simfed.records.DeviceTiming`: the devices whose outcome is
+   OK train for real (the learner), unhealthy updates (non-finite, exploding: :class:`HealthCheck`) are
+   rejected, the rest are aggregated and the global model is evaluated every ``eval_every`` rounds; the
+   loop answers with the server's own work (FLOPs of aggregating and evaluating, :class:`ServerCosts`)
+   and the rejected devices;
+4. the engine times the server's phases and calls ``round_done``: the server builds one
+   :class:`~simfed.records.Observation` per device, computes the rewards, updates the policy, and appends
+   one per-round row and one row per device-round.
 
-A device whose work is discarded (late, offline, straggler, OOM) keeps its previous sparsity and
-state: the server never saw its update. When the last round is done, :meth:`ServerLoop.finish`
-prunes every device still below s* to s* (offline, taking no simulated time: it is a deployment
-step) and runs the final evaluation, so every method is compared at the same sparsity.
+A device whose work is discarded (late, offline, straggler, OOM, failed) keeps its previous sparsity:
+the server never accepted its update. When the last round is done, :meth:`ServerLoop.finish` prunes every
+device still below s* to s* (a deployment step, untimed) and runs the final evaluation, so every method
+is compared at the same sparsity.
 
 The loop never reads a trace or a clock; device types are passed in only to label rows.
 """
@@ -23,14 +28,17 @@ The loop never reads a trace or a clock; device types are passed in only to labe
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from simfed.decisions.reward import RewardWeights, round_reward_terms
+from simfed.errors import SimfedWarning
+from simfed.decisions.reward import DEFAULT_WEIGHTS, RewardWeights, round_reward_terms
 from simfed.records import Arm, DeviceReport, DeviceTiming, Observation, Outcome, Plan
 from simfed.structure import next_sparsity
+from simfed.timing.round import RoundTiming, ServerReply
 
 PRUNE_MODES = ("iterative", "oneshot", "none")
 
@@ -40,6 +48,12 @@ class Learner(Protocol):
 
     def train(self, plans: list[Plan]) -> dict[str, DeviceReport]:
         """Run the plans' local prune-and-tune from the current global adapter; a report per device."""
+
+    def reference_norm(self, device_id: str) -> float:
+        """‖W‖_F summed over the adapted linears of the device's current model (the health check's scale)."""
+
+    def reject(self, device_id: str) -> None:
+        """The server rejected the device's update: undo its local round."""
 
     def aggregate(self, reports: list[DeviceReport]) -> None:
         """Merge the accepted updates into the global adapter."""
@@ -54,32 +68,96 @@ class Learner(Protocol):
         """Prune one device to s* after the last round."""
 
 
+@dataclass(frozen=True)
+class ServerCosts:
+    """FLOPs of the server's own work (DESIGN §4 "Server-side time"); each part is off when None / 0.
+
+    ``aggregate(plans, merged_before)``: merging the accepted updates of ``plans`` (the aggregator's own
+    count; ``merged_before`` says whether a global update exists already). ``evaluate(sparsity)``: one
+    evaluation of the global model over the devices at their nominal sparsities. ``oneshot_flops``: the
+    one-shot pruning before the first round. ``base_download``: devices download the base model (at their
+    structure) with their first payload.
+    """
+
+    aggregate: Callable[[Sequence[Plan], bool], float] | None = None
+    evaluate: Callable[[Mapping[str, float]], float] | None = None
+    oneshot_flops: float = 0.0
+    base_download: bool = False
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What the server knows of the model's shapes (from :mod:`simfed.structure`; identity without a model).
+
+    ``measured(s)``: the share of prunable parameters a nominal sparsity ``s`` really removes (the structure
+    rule keeps whole groups and channels, at least one of each). ``max_rank(s)``: the largest useful LoRA rank
+    at nominal sparsity ``s``, the smallest min(d_out, d_in) of the adapted linears kept there: a larger rank
+    adds parameters (and payload) but no capacity, so a plan's rank is capped there, with one warning.
+    """
+
+    measured: Callable[[float], float] = float
+    max_rank: Callable[[float], int] | None = None
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """When a device's training counts as failed (DESIGN §4; issue #11).
+
+    A device fails its round when its local loss (before or after) or its update norm is not finite,
+    or when its update norm ‖s·B·A‖_F (summed over the adapted linears) exceeds ``max_update_ratio``
+    times ‖W‖_F of the frozen weights it adapts: an update larger than the weights it modifies is a
+    divergence, not a tuning step (LoRA updates are typically a few percent of ‖W‖). The check is
+    against the base weights, not the global adapter, because the global adapter is zero in round 0.
+    """
+
+    max_update_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (self.max_update_ratio > 0):
+            raise ValueError(f"HealthCheck.max_update_ratio must be > 0, got {self.max_update_ratio!r}")
+
+    def verdict(self, report: DeviceReport, reference_norm: float) -> str:
+        """Why ``report`` is unhealthy, or "" when it is fine."""
+        for name in ("loss_before", "loss_after", "update_norm"):
+            v = getattr(report, name)
+            if not math.isfinite(v):
+                return f"{name}={v} (non-finite)"
+        if report.update_norm > self.max_update_ratio * reference_norm:
+            return (f"update_norm={report.update_norm:.4g} > {self.max_update_ratio:g} x ||W||={reference_norm:.4g} "
+                    "(exploding update)")
+        return ""
+
+
 @dataclass
 class LoopState:
     """Everything a resumed run needs from the loop (pickled into the checkpoint)."""
 
-    sparsity: dict[str, float]
+    sparsity: dict[str, float] = field(default_factory=dict)
+    has_base: set = field(default_factory=set)  # devices that completed a download (they hold the base model)
     rounds_done: int = 0  # rounds finished; the engine numbers rounds from 0, so these are 0..rounds_done-1
+    merged: int = 0  # rounds whose accepted updates were aggregated
     plans: dict[int, list[Plan]] = field(default_factory=dict)
+    replies: dict[int, ServerReply] = field(default_factory=dict)
     round_rows: list[dict] = field(default_factory=list)
     device_rows: list[dict] = field(default_factory=list)
 
-    def last_round(self) -> tuple[list[Plan], dict, list[dict]]:
-        """The plans and rows the last finished round added (what a checkpoint journal appends)."""
+    def last_round(self) -> tuple:
+        """What the last finished round added (the record a checkpoint journal appends)."""
         r = self.rounds_done - 1
         rows = []
         for row in reversed(self.device_rows):
             if row["round"] != r:
                 break
             rows.append(row)
-        return self.plans[r], self.round_rows[-1], rows[::-1]
+        return self.plans[r], self.replies[r], self.round_rows[-1], rows[::-1]
 
-    def add_round(self, plans: list[Plan], round_row: dict, device_rows: list[dict]) -> None:
+    def add_round(self, plans: list[Plan], reply: ServerReply, round_row: dict, device_rows: list[dict]) -> None:
         """Append one finished round read back from a journal."""
         r = round_row["round"]
         if r != self.rounds_done:
             raise RuntimeError(f"resume: the journal holds round {r} where round {self.rounds_done} was expected")
         self.plans[r] = plans
+        self.replies[r] = reply
         self.round_rows.append(round_row)
         self.device_rows.extend(device_rows)
         self.rounds_done = r + 1
@@ -90,34 +168,40 @@ def _nan() -> float:
 
 
 class ServerLoop:
-    """The RoundDriver: policy → plans → (engine) → training → aggregation → evaluation → rewards.
+    """The round driver: policy → plans → (engine) → training → aggregation → evaluation → rewards.
 
-    ``replay`` holds the plans of rounds already done by a previous, interrupted process: for those
-    rounds the loop hands the engine the same plans, checks that the engine reproduces the recorded
-    timeline, and does nothing else (no training, no policy call), so a resumed run continues from
-    its checkpoint exactly as if it had never stopped.
+    Only ``policy`` is required: with the defaults it is a timing-only loop that never prunes (s* = 0).
+    For rounds already done by an interrupted process (``state``), the loop hands the engine the
+    recorded plans and replies, checks that the engine reproduces the recorded timeline, and does
+    nothing else (no training, no policy call), so a resumed run continues exactly where it stopped.
     """
 
     def __init__(
         self,
         *,
-        device_types: dict[str, str],
         policy: Any,
-        prune_mode: str,
-        s_star: float,
-        local_iters: int,
-        tau: int,
-        rounds: int,
-        eval_every: int,
-        reward_weights: RewardWeights,
+        s_star: float = 0.0,
+        local_iters: int = 1,
+        tau: int = 1,
+        prune_mode: str = "iterative",
+        rounds: int | None = None,
+        eval_every: int = 1,
+        reward_weights: RewardWeights = DEFAULT_WEIGHTS,
         learner: Learner | None = None,
-        on_round_end: Any = None,
-        on_round_start: Any = None,
+        device_types: Mapping[str, str] | None = None,
+        server_costs: ServerCosts = ServerCosts(),
+        health: HealthCheck = HealthCheck(),
+        limits: ModelLimits = ModelLimits(),
+        on_round_end: Callable[["ServerLoop"], None] | None = None,
+        on_round_start: Callable[[float], None] | None = None,
         state: LoopState | None = None,
     ) -> None:
         if prune_mode not in PRUNE_MODES:
             raise ValueError(f"prune mode must be one of {PRUNE_MODES}, got {prune_mode!r}")
-        self.device_types = device_types
+        if not (0.0 <= s_star < 1.0):
+            raise ValueError(f"s_star must be in [0, 1), got {s_star!r}")
+        if local_iters < 1 or tau < 1 or eval_every < 1:
+            raise ValueError(f"local_iters, tau and eval_every must be >= 1, got {local_iters}, {tau}, {eval_every}")
         self.policy = policy
         self.prune_mode = prune_mode
         self.s_star = s_star if prune_mode != "none" else 0.0
@@ -127,17 +211,41 @@ class ServerLoop:
         self.eval_every = eval_every
         self.reward_weights = reward_weights
         self.learner = learner
+        self.device_types = dict(device_types or {})
+        self.costs = server_costs
+        self.health = health
+        self.limits = limits
+        self._rank_warned: set[tuple[int, int]] = set()
         self.on_round_end = on_round_end
         self.on_round_start = on_round_start  # called with the round's start time before the policy decides
+        self._fresh = state is None
+        self._start_sparsity = self.s_star if prune_mode == "oneshot" else 0.0
         if state is None:
-            start = self.s_star if prune_mode == "oneshot" else 0.0
-            state = LoopState(sparsity={d: start for d in device_types})
-            if prune_mode == "oneshot" and learner is not None:
-                learner.oneshot_prune(sorted(device_types), self.s_star)
+            state = LoopState(sparsity={d: self._start_sparsity for d in sorted(self.device_types)})
         self.state = state
         self._current: dict[str, Plan] = {}
+        self._reports: dict[str, DeviceReport] = {}
+        self._metrics: dict[str, float] = {}
+        self._evaluated = False
 
     # ---------------------------------------------------------------- RoundDriver
+    def setup_flops(self) -> float:
+        """One-shot pruning happens on the server before the first round (prune-then-tune)."""
+        if self.prune_mode != "oneshot":
+            return 0.0
+        if self._fresh and self.learner is not None:
+            if not self.state.sparsity:
+                raise ValueError("ServerLoop: one-shot pruning with a learner needs device_types (the devices to prune)")
+            self.learner.oneshot_prune(sorted(self.state.sparsity), self.s_star)
+        self._fresh = False
+        return float(self.costs.oneshot_flops)
+
+    def _sparsity(self, device_id: str) -> float:
+        return self.state.sparsity.get(device_id, self._start_sparsity)
+
+    def _last_round(self, round: int) -> bool:
+        return self.rounds is not None and round == self.rounds - 1
+
     def plans(self, round: int, now_s: float, device_ids: list[str]) -> list[Plan]:
         if round < self.state.rounds_done:  # replaying a finished round
             recorded = {p.device_id: p for p in self.state.plans[round]}
@@ -149,37 +257,86 @@ class ServerLoop:
                 self.on_round_start(now_s)
             arms: dict[str, Arm] = self.policy.select(round, list(device_ids))
             plans = []
+            base = self.costs.base_download
             for dev in device_ids:
                 arm = arms[dev]
-                before = self.state.sparsity[dev]
+                before = self._sparsity(dev)
                 if self.prune_mode == "iterative":
                     after = next_sparsity(before, arm.p, self.s_star)
                 else:  # one-shot devices are already at s*; "none" never prunes
                     arm = Arm(p=0.0, r=arm.r)
                     after = before
-                plans.append(Plan(round=round, device_id=dev, arm=arm, sparsity_before=before,
-                                  sparsity_after=after, local_iters=self.local_iters, tau=self.tau))
+                arm = self._cap_rank(arm, after)
+                plans.append(Plan(round=round, device_id=dev, arm=arm, sparsity_before=before, sparsity_after=after,
+                                  local_iters=self.local_iters, tau=self.tau,
+                                  base_download=base and dev not in self.state.has_base))
         self._current = {p.device_id: p for p in plans}
         return plans
 
-    def round_done(self, round: int, timings: list[DeviceTiming], start_s: float, end_s: float) -> bool:
-        """Fold one simulated round into training, evaluation and the policy; True while rounds remain."""
+    def _cap_rank(self, arm: Arm, sparsity: float) -> Arm:
+        """The arm with its rank capped at the largest useful rank of the round's smallest structure."""
+        if self.limits.max_rank is None:
+            return arm
+        cap = int(self.limits.max_rank(sparsity))
+        if arm.r <= cap:
+            return arm
+        if (arm.r, cap) not in self._rank_warned:
+            self._rank_warned.add((arm.r, cap))
+            warnings.warn(f"LoRA rank {arm.r} exceeds min(d_out, d_in) = {cap} of the smallest adapted linear kept at "
+                          f"sparsity {sparsity:g}: rank {cap} is trained, sent and costed there (policy.rank / policy.r_max)",
+                          SimfedWarning, stacklevel=3)
+        return Arm(arm.p, cap)
+
+    def round_closed(self, round: int, timings: Sequence[DeviceTiming], close_s: float) -> ServerReply:
+        """Train the devices that finished, reject unhealthy updates, aggregate, evaluate; the server's work."""
         if round < self.state.rounds_done:
-            self._check_replay(round, timings, start_s, end_s)
-            return True
+            return self.state.replies[round]
         plans = self._current
-        ok = [t for t in timings if t.outcome is Outcome.OK]
-        reports: dict[str, DeviceReport] = {}
+        ok = sorted((t.device_id for t in timings if t.outcome is Outcome.OK))
+        self._reports = {}
+        failed: dict[str, str] = {}
         if self.learner is not None and ok:
-            reports = self.learner.train([plans[t.device_id] for t in sorted(ok, key=lambda t: t.device_id)])
-            self.learner.aggregate([reports[t.device_id] for t in sorted(ok, key=lambda t: t.device_id)])
-        for t in ok:  # the server accepted these devices' pruning
-            self.state.sparsity[t.device_id] = plans[t.device_id].sparsity_after
+            reports = self.learner.train([plans[d] for d in ok])
+            for d in ok:
+                why = self.health.verdict(reports[d], self.learner.reference_norm(d))
+                if why:
+                    failed[d] = why
+                    self.learner.reject(d)
+            self._reports = {d: reports[d] for d in ok}
+            accepted = [reports[d] for d in ok if d not in failed]
+            if accepted:
+                self.learner.aggregate(accepted)
+            else:
+                warnings.warn(f"round {round}: every finished device's update was rejected ({len(failed)} failed "
+                              f"training, first {ok[0]!r}: {failed[ok[0]]}); the global adapter is unchanged",
+                              SimfedWarning, stacklevel=2)
+        accepted_ids = [d for d in ok if d not in failed]
+        for t in timings:
+            if not math.isnan(t.download_end_s):
+                self.state.has_base.add(t.device_id)
+        for d in accepted_ids:  # the server accepted these devices' pruning
+            self.state.sparsity[d] = plans[d].sparsity_after
+        aggregate = 0.0
+        if accepted_ids and self.costs.aggregate is not None:
+            aggregate = float(self.costs.aggregate([plans[d] for d in accepted_ids], self.state.merged > 0))
+        if accepted_ids:
+            self.state.merged += 1
+        self._evaluated = (round + 1) % self.eval_every == 0 or self._last_round(round)
+        self._metrics = self.learner.evaluate() if (self._evaluated and self.learner is not None) else {}
+        evaluate = 0.0
+        if self._evaluated and self.costs.evaluate is not None:
+            evaluate = float(self.costs.evaluate({d: self._sparsity(d) for d in sorted(self.state.sparsity)}))
+        reply = ServerReply(aggregate_flops=aggregate, evaluate_flops=evaluate, failed=failed)
+        self.state.replies[round] = reply
+        return reply
 
-        last = round == self.rounds - 1
-        evaluated = self.learner is not None and ((round + 1) % self.eval_every == 0 or last)
-        metrics = self.learner.evaluate() if evaluated else {}
-
+    def round_done(self, round: int, timings: Sequence[DeviceTiming], timing: RoundTiming) -> bool:
+        """Rewards, the policy's update and the round's rows; True while rounds remain."""
+        if round < self.state.rounds_done:
+            self._check_replay(round, timing)
+            return True
+        plans, reports = self._current, self._reports
+        ok = [t for t in timings if t.outcome is Outcome.OK]
         mean_t = float(np.mean([t.completion_s for t in ok])) if ok else _nan()
         observations = []
         for t in timings:
@@ -199,67 +356,71 @@ class ServerLoop:
         terms = round_reward_terms(observations, self.reward_weights)
         rewards = {d: tr.total for d, tr in terms.items()}
         self.policy.update(round, observations, rewards)
-
-        self._record(round, timings, start_s, end_s, plans, reports, rewards, metrics, evaluated)
+        self._record(round, timings, timing, plans, reports, rewards)
         self.state.plans[round] = [plans[d] for d in sorted(plans)]
         self.state.rounds_done = round + 1
         if self.on_round_end is not None:
             self.on_round_end(self)
-        return not last
+        return not self._last_round(round)
 
     # ---------------------------------------------------------------- rows
-    def _record(self, round, timings, start_s, end_s, plans, reports, rewards, metrics, evaluated) -> None:
-        outcomes = [t.outcome for t in timings]
+    def _record(self, round: int, timings: Sequence[DeviceTiming], rt: RoundTiming, plans: Mapping[str, Plan],
+                reports: Mapping[str, DeviceReport], rewards: Mapping[str, float]) -> None:
+        close = rt.close_s
         ok = [t for t in timings if t.outcome is Outcome.OK]
-        waits = [end_s - t.end_s for t in ok]
         completions = [t.completion_s for t in ok]
+        reply = self.state.replies[round]
         for t in sorted(timings, key=lambda t: t.device_id):
             plan = plans[t.device_id]
             rep = reports.get(t.device_id)
             self.state.device_rows.append({
                 "round": round, "device_id": t.device_id, "device_type": self.device_types.get(t.device_id, ""),
-                "outcome": t.outcome.value, "p": plan.arm.p, "r": plan.arm.r,
+                "outcome": t.outcome.value, "failure": reply.failed.get(t.device_id, ""),
+                "p": plan.arm.p, "r": plan.arm.r,
                 "sparsity_before": plan.sparsity_before, "sparsity_after": plan.sparsity_after,
-                "measured_sparsity_after": rep.sparsity_after if rep else _nan(),
+                "measured_sparsity_after": rep.sparsity_after if rep else self.limits.measured(plan.sparsity_after),
+                "base_download": plan.base_download,
                 "start_s": t.start_s, "ready_s": t.ready_s, "download_end_s": t.download_end_s,
                 "compute_end_s": t.compute_end_s, "upload_end_s": t.upload_end_s, "end_s": t.end_s,
                 "completion_s": t.completion_s,
-                "wait_s": end_s - t.end_s if t.outcome is Outcome.OK else _nan(),
+                "wait_s": close - t.end_s if t.outcome is Outcome.OK else _nan(),
                 "compute_flops": t.compute_flops, "down_bytes": t.down_bytes, "up_bytes": t.up_bytes,
                 "memory_bytes": t.memory_bytes,
                 "loss_before": rep.loss_before if rep else _nan(), "loss_after": rep.loss_after if rep else _nan(),
                 "update_norm": rep.update_norm if rep else _nan(), "n_samples": rep.n_samples if rep else 0,
                 "reward": rewards.get(t.device_id, 0.0),
             })
-        sp = np.array(list(self.state.sparsity.values()), dtype=float)
+        sp = np.array([self._sparsity(d) for d in sorted(set(self.state.sparsity) | set(plans))], dtype=float)
         arms = [plans[t.device_id].arm for t in timings]
         losses = [reports[t.device_id].loss_after for t in ok if t.device_id in reports]
+        metrics = self._metrics
         self.state.round_rows.append({
-            "round": round, "start_s": start_s, "end_s": end_s, "duration_s": end_s - start_s,
-            "n_selected": len(timings), "n_ok": len(ok),
-            "n_late": outcomes.count(Outcome.LATE), "n_straggler": outcomes.count(Outcome.STRAGGLER),
-            "n_offline": outcomes.count(Outcome.OFFLINE), "n_unavailable": outcomes.count(Outcome.UNAVAILABLE),
-            "n_oom": outcomes.count(Outcome.OOM),
-            "mean_wait_s": float(np.mean(waits)) if waits else _nan(),
+            "round": round, "start_s": rt.start_s, "close_s": rt.close_s, "end_s": rt.end_s,
+            "duration_s": rt.duration_s, "aggregate_s": rt.aggregate_end_s - rt.close_s,
+            "evaluate_s": rt.end_s - rt.aggregate_end_s,
+            "n_selected": rt.n_selected, "n_ok": rt.n_ok, "n_late": rt.n_late, "n_straggler": rt.n_straggler,
+            "n_offline": rt.n_offline, "n_unavailable": rt.n_unavailable, "n_oom": rt.n_oom, "n_failed": rt.n_failed,
+            "mean_wait_s": float(np.mean([close - t.end_s for t in ok])) if ok else _nan(),
             "max_completion_s": float(np.max(completions)) if completions else _nan(),
             "mean_completion_s": float(np.mean(completions)) if completions else _nan(),
             "mean_sparsity": float(sp.mean()) if sp.size else _nan(),
             "min_sparsity": float(sp.min()) if sp.size else _nan(),
+            "mean_measured_sparsity": float(np.mean([self.limits.measured(x) for x in sp])) if sp.size else _nan(),
             "mean_rank": float(np.mean([a.r for a in arms])) if arms else _nan(),
             "mean_p": float(np.mean([a.p for a in arms])) if arms else _nan(),
             "mean_reward": float(np.mean(list(rewards.values()))) if rewards else _nan(),
             "train_loss": float(np.mean(losses)) if losses else _nan(),
             "accuracy": float(metrics.get("accuracy", _nan())), "eval_loss": float(metrics.get("loss", _nan())),
-            "evaluated": bool(evaluated),
+            "evaluated": bool(self._evaluated and self.learner is not None),
         })
 
-    def _check_replay(self, round: int, timings: list[DeviceTiming], start_s: float, end_s: float) -> None:
+    def _check_replay(self, round: int, rt: RoundTiming) -> None:
         """A resumed run re-simulates finished rounds; the engine must reproduce the recorded times."""
         row = next(r for r in self.state.round_rows if r["round"] == round)
-        if not (math.isclose(row["start_s"], start_s, rel_tol=0, abs_tol=1e-9)
-                and math.isclose(row["end_s"], end_s, rel_tol=0, abs_tol=1e-9)):
+        if not (math.isclose(row["start_s"], rt.start_s, rel_tol=0, abs_tol=1e-9)
+                and math.isclose(row["end_s"], rt.end_s, rel_tol=0, abs_tol=1e-9)):
             raise RuntimeError(
-                f"resume: round {round} re-simulated to [{start_s}, {end_s}] but the checkpoint recorded "
+                f"resume: round {round} re-simulated to [{rt.start_s}, {rt.end_s}] but the checkpoint recorded "
                 f"[{row['start_s']}, {row['end_s']}]; the traces or the engine changed since the checkpoint"
             )
 
@@ -274,3 +435,9 @@ class ServerLoop:
                     self.state.sparsity[dev] = self.s_star
         metrics = self.learner.evaluate() if self.learner is not None else {}
         return {"accuracy": float(metrics.get("accuracy", _nan())), "loss": float(metrics.get("loss", _nan()))}
+
+    def table(self):
+        """The device-round rows as a DataFrame (timing studies)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.state.device_rows)

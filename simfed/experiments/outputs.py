@@ -31,16 +31,16 @@ import pandas as pd
 EVENT_COLUMNS = ["time_s", "round", "device_id", "kind", "detail"]
 
 ROUND_COLUMNS = [
-    "round", "start_s", "end_s", "duration_s",
-    "n_selected", "n_ok", "n_late", "n_straggler", "n_offline", "n_unavailable", "n_oom",
+    "round", "start_s", "close_s", "end_s", "duration_s", "aggregate_s", "evaluate_s",
+    "n_selected", "n_ok", "n_late", "n_straggler", "n_offline", "n_unavailable", "n_oom", "n_failed",
     "mean_wait_s", "max_completion_s", "mean_completion_s",
-    "mean_sparsity", "min_sparsity", "mean_rank", "mean_p", "mean_reward",
+    "mean_sparsity", "min_sparsity", "mean_measured_sparsity", "mean_rank", "mean_p", "mean_reward",
     "train_loss", "accuracy", "eval_loss", "evaluated",
 ]
 
 DEVICE_ROUND_COLUMNS = [
-    "round", "device_id", "device_type", "outcome", "p", "r",
-    "sparsity_before", "sparsity_after", "measured_sparsity_after",
+    "round", "device_id", "device_type", "outcome", "failure", "p", "r",
+    "sparsity_before", "sparsity_after", "measured_sparsity_after", "base_download",
     "start_s", "ready_s", "download_end_s", "compute_end_s", "upload_end_s", "end_s",
     "completion_s", "wait_s", "compute_flops", "down_bytes", "up_bytes", "memory_bytes",
     "loss_before", "loss_after", "update_norm", "n_samples", "reward",

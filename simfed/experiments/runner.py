@@ -28,12 +28,13 @@ import numpy as np
 
 from simfed import config as config_mod
 from simfed.config import RunConfig
+from simfed.errors import SimfedError
 from simfed.experiments.loop import LoopState, ServerLoop
 from simfed.experiments.outputs import RunDir, json_safe
 from simfed.timing.traces import Population
 
 
-class RunError(ValueError):
+class RunError(SimfedError, ValueError):
     """A run cannot start (its directory holds another run, a component is missing, ...)."""
 
 
@@ -59,7 +60,7 @@ def stratified_subset(population: Population, n: int) -> Population:
         counts[t] += 1
     keep = {d.device_id for t, ds in by_type.items() for d in ds[: counts[t]]}
     devices = tuple(d for d in population.devices if d.device_id in keep)
-    return Population(devices, {**population.meta, "subset_of": total, "subset": n})
+    return Population(devices, {**population.meta, "subset_of": total, "subset": n}, population.access_points)
 
 
 def load_population(cfg: RunConfig) -> Population:
@@ -138,13 +139,14 @@ def summarise(cfg: RunConfig, loop: ServerLoop, final: dict[str, float], cost: A
 class TracePredictor:
     """Completion-time predictor for the *oracle* baseline only: it reads the traces, as no server can.
 
-    Predicts download → compute → upload of a plan started at ``now_s`` (set by the loop each round)
-    from the device's traces and the cost model, ignoring availability and contention. Picklable, so
-    the oracle survives checkpoints.
+    Predicts a plan started at ``now_s`` (set by the loop each round) with the round model on the
+    device's own links (:func:`simfed.timing.round.predict_completion_s`: availability, memory and its
+    traces; no contention). Picklable, so the oracle survives checkpoints.
     """
 
     def __init__(self, population: Population, cost: Any, s_star: float, local_iters: int, tau: int) -> None:
-        self.traces = population.by_id()
+        self.population = population
+        self.positions = {d.device_id: i for i, d in enumerate(population.devices)}
         self.cost = cost
         self.s_star = s_star
         self.local_iters = local_iters
@@ -154,31 +156,22 @@ class TracePredictor:
     def __call__(self, device_id: str, arm: Any, sparsity_before: float) -> float:
         from simfed.records import Plan
         from simfed.structure import next_sparsity
+        from simfed.timing.packed import PackedPopulation
+        from simfed.timing.round import predict_completion_s
 
-        tr = self.traces[device_id]
         plan = Plan(round=0, device_id=device_id, arm=arm, sparsity_before=sparsity_before,
                     sparsity_after=next_sparsity(sparsity_before, arm.p, self.s_star),
                     local_iters=self.local_iters, tau=self.tau)
-        if self.cost.train_memory_bytes(plan) > tr.ram_bytes:
-            return math.inf
-        t = self.now_s
-        t = tr.down_bps.finish_time(t + tr.latency_s, self.cost.download_bytes(plan))
-        t = tr.compute_flops.finish_time(t, self.cost.round_flops(plan))
-        t = tr.up_bps.finish_time(t + tr.latency_s, self.cost.upload_bytes(plan))
-        return t - self.now_s
+        return predict_completion_s(PackedPopulation.of(self.population), self.positions[device_id], self.now_s,
+                                    self.cost.plan_cost(plan))
 
 
 def build_cost(cfg: RunConfig) -> Any:
-    """The cost model of the timed model preset (``model.timing_preset``, else the trained one), batch and sequence length."""
-    from simfed.accuracy.presets import preset
-    from simfed.timing.cost import CostModel
+    """The cost model of the timed model preset (``model.timing_preset``, else the trained one): its batch and
+    sequence length, LoRA targets and dtype, memory overheads (:func:`simfed.timing.presets.cost_from_config`)."""
+    from simfed.timing.presets import cost_from_config
 
-    name = cfg.model.timing_preset or cfg.model.preset
-    try:
-        shape = preset(name).shape()
-    except (KeyError, ValueError) as exc:
-        raise config_mod.ConfigError(f"model.timing_preset: unknown preset {name!r} ({exc})") from None
-    return CostModel(shape, batch_size=cfg.train.batch_size, seq_len=cfg.train.seq_len)
+    return cost_from_config(cfg)
 
 
 def _config_text(cfg: RunConfig) -> str:
@@ -228,7 +221,7 @@ class Session:
         from simfed.experiments.learner import FullLearner
 
         trainer, aggregator = build_training(self.cfg, method, device_ids, self.shared)
-        return FullLearner(trainer, aggregator, device_ids)
+        return FullLearner(trainer, aggregator, device_ids, oneshot_criterion=method.importance)
 
     def _checkpoint(self, loop: ServerLoop) -> None:
         """After a round: append its plans and rows to the journal, then replace the checkpoint.
@@ -244,7 +237,7 @@ class Session:
         length = self.rd.append_journal(pickle.dumps(loop.state.last_round(), protocol=fast))
         # the C pickler for plain state; the referencing pickler only where shared objects hide inside
         # (the oracle's trace predictor, the trainer's base model and data), since it is far slower
-        plain = {"sparsity": loop.state.sparsity}
+        plain = {"sparsity": loop.state.sparsity, "has_base": loop.state.has_base, "merged": loop.state.merged}
         linked = {}
         (linked if getattr(loop.policy, "reads_traces", False) else plain)["policy"] = loop.policy
         if loop.learner is not None:
@@ -270,7 +263,7 @@ class Session:
         if checkpoint.get("config") != self.text:
             raise RunError(f"{self.rd.path}: the checkpoint belongs to another config; use --fresh to discard it")
         state = {**pickle.loads(checkpoint["plain"]), **loads_state(checkpoint["linked"], self.shared)}
-        loop_state = LoopState(sparsity=state["sparsity"])
+        loop_state = LoopState(sparsity=state["sparsity"], has_base=state["has_base"], merged=state["merged"])
         for record in self.rd.read_journal(checkpoint["journal_bytes"]):
             loop_state.add_round(*pickle.loads(record))
         if loop_state.rounds_done != checkpoint["rounds_done"]:
@@ -295,7 +288,8 @@ class Session:
         from tqdm import tqdm
 
         from simfed.decisions.reward import RewardWeights
-        from simfed.timing.engine import Engine, EngineConfig
+        from simfed.experiments.loop import ServerLoop
+        from simfed.timing.engine import Engine
 
         cfg = self.cfg
         population = load_population(cfg)
@@ -321,18 +315,16 @@ class Session:
             reward_weights = RewardWeights.from_dict(weights)
         except (TypeError, ValueError) as exc:
             raise config_mod.ConfigError(f"policy.reward: {exc}") from None
+        check_settings(cfg, population)
         loop = ServerLoop(
             device_types=types, policy=policy, prune_mode=method.prune_mode, s_star=cfg.s_star,
+            limits=model_limits(cfg, cost),
             local_iters=cfg.train.local_iters, tau=cfg.train.tau, rounds=cfg.rounds,
             eval_every=cfg.train.eval_every, reward_weights=reward_weights, learner=learner,
-            on_round_end=self._checkpoint, on_round_start=_NowSetter(predictor), state=state,
+            server_costs=build_server_costs(cfg, cost, method), on_round_end=self._checkpoint,
+            on_round_start=_NowSetter(predictor), state=state,
         )
-        e = cfg.engine
-        engine_cfg = EngineConfig(
-            participants=e.participants or None, overcommit=e.overcommit, deadline_s=e.deadline_s or None,
-            max_concurrent_transfers=e.max_concurrent_transfers or None, seed=cfg.seed,
-        )
-        engine = Engine(population, cost, engine_cfg, loop)
+        engine = Engine(population, cost, build_engine_config(cfg), loop)
         with tqdm(total=cfg.rounds, initial=self.resumed_from, disable=not self.progress, unit="round",
                   desc=f"{cfg.method} s{cfg.seed}", leave=False) as bar:
             self._bar = bar
@@ -343,7 +335,112 @@ class Session:
         events = [{"time_s": ev.time_s, "round": ev.round, "device_id": ev.device_id, "kind": ev.kind,
                    "detail": ev.detail} for ev in result.events]
         self.rd.write_results(events, loop.state.round_rows, loop.state.device_rows, summary)
+        failed = [r for r in loop.state.device_rows if r["outcome"] == "failed"]
+        if failed and not any(r["outcome"] == "ok" for r in loop.state.device_rows):
+            first = failed[0]
+            raise RunError(f"{self.rd.path}: every round failed: all {len(failed)} finished updates were rejected by the "
+                           f"training health check (first: round {first['round']}, device {first['device_id']!r}: "
+                           f"{first['failure']}); nothing was aggregated (the results are written; lower train.lr?)")
         return json_safe(summary)
+
+
+def check_settings(cfg: RunConfig, population: Population) -> None:
+    """Settings that cannot take effect on this population are refused; those that change nothing, warned about."""
+    import warnings
+
+    from simfed.errors import SimfedWarning
+
+    e = cfg.engine
+    n = len(population)
+    if e.overcommit > 1.0 and not e.participants:
+        raise config_mod.ConfigError(f"engine.overcommit={e.overcommit:g} has no effect without engine.participants "
+                                     "(0 selects every device each round); set engine.participants or overcommit = 1")
+    if e.participants > n:
+        raise config_mod.ConfigError(f"engine.participants={e.participants} exceeds the population's {n} devices; "
+                                     f"use at most {n}, or 0 to select every device")
+    if e.participants:
+        selected = min(n, int(e.participants * e.overcommit + 1e-9))
+        if e.overcommit > 1.0 and selected == e.participants:
+            why = "the population has no more devices" if selected == n else f"int({e.participants} x {e.overcommit:g}) = {selected}"
+            warnings.warn(f"engine.overcommit={e.overcommit:g} with engine.participants={e.participants} selects "
+                          f"{selected} devices ({why}): no over-commitment", SimfedWarning, stacklevel=2)
+
+
+def model_limits(cfg: RunConfig, cost: Any) -> Any:
+    """Measured sparsity and the largest useful rank, from the shape of the model whose rank is trained (the
+    trained preset in full mode, the timed one in timing mode); warns once when s* cannot be reached exactly."""
+    import warnings
+
+    from simfed.errors import SimfedWarning
+    from simfed.experiments.loop import ModelLimits
+    from simfed.structure import sparsity_of, structure_at
+    from simfed.timing.cost import linear_dims
+
+    shape, targets = cost.shape, cost.lora_targets
+    if cfg.mode == "full" and cfg.model.timing_preset and cfg.model.timing_preset != cfg.model.preset:
+        from simfed.accuracy.presets import preset
+
+        shape = preset(cfg.model.preset).shape()
+        targets = None  # the trainer adapts every linear of its model
+
+    def measured(s: float) -> float:
+        return sparsity_of(shape, structure_at(shape, s))
+
+    def max_rank(s: float) -> int:
+        dims = linear_dims(shape, structure_at(shape, s))
+        return min(min(dims[m]) for m in (targets or dims))
+
+    if cfg.s_star > 0 and abs(measured(cfg.s_star) - cfg.s_star) > 0.01:
+        st = structure_at(shape, cfg.s_star)
+        warnings.warn(f"s_star={cfg.s_star:g}: whole KV groups and MLP channels are pruned, so the model keeps "
+                      f"{st.kv_groups} of {shape.n_kv_heads} KV groups and {st.channels} of {shape.d_ff} channels per "
+                      f"layer: the measured sparsity is {measured(cfg.s_star):.4f} (tables show both)",
+                      SimfedWarning, stacklevel=2)
+    return ModelLimits(measured=measured, max_rank=max_rank)
+
+
+def build_engine_config(cfg: RunConfig) -> Any:
+    """The timing engine's rules from the config's ``engine`` and ``server`` tables."""
+    from simfed.timing.engine import EngineConfig
+
+    e, sv = cfg.engine, cfg.server
+    return EngineConfig(
+        participants=e.participants or None, overcommit=e.overcommit, deadline_s=e.deadline_s or None,
+        max_concurrent_transfers=e.max_concurrent_transfers or None, seed=cfg.seed,
+        server_down_bytes_s=sv.downlink or None, server_up_bytes_s=sv.uplink or None, server_flops=sv.flops,
+    )
+
+
+def build_server_costs(cfg: RunConfig, cost: Any, method: "ResolvedMethod") -> Any:
+    """What the server's own phases cost (docs/timing.md §3.1), each part as the ``server`` table says."""
+    from simfed.accuracy.aggregators import AGGREGATORS
+    from simfed.experiments.loop import ServerCosts
+    from simfed.structure import structure_at
+    from simfed.timing.cost import linear_dims
+
+    sv = cfg.server
+    shape = cost.shape
+    aggregate = None
+    if sv.aggregation_time:
+        merge = AGGREGATORS[method.aggregator].merge_flops
+        targets = cost.lora_targets
+
+        def adapted(sparsity: float) -> list[tuple[int, int]]:
+            dims = linear_dims(shape, structure_at(shape, sparsity))
+            return [dims[m] for m in targets] * shape.n_layers
+
+        full_dims = adapted(0.0)
+
+        def aggregate(plans, merged_before):
+            return merge(full_dims, [(p.rank, adapted(p.sparsity_after)) for p in plans], merged_before)
+
+    evaluate = None
+    if sv.eval_sequences > 0:
+        def evaluate(sparsity):
+            return sv.eval_sequences * sum(cost.inference_flops(s) for s in sparsity.values())
+
+    oneshot = cost.oneshot_pruning_flops(sv.calibration_sequences) if (sv.oneshot_time and method.prune_mode == "oneshot") else 0.0
+    return ServerCosts(aggregate=aggregate, evaluate=evaluate, oneshot_flops=oneshot, base_download=sv.base_download)
 
 
 class _NowSetter:

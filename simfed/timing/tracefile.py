@@ -27,6 +27,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from simfed.timing.traces import Availability, DeviceTrace, Population, Series, TraceError
+from simfed.timing.traces import DUPLEX_MODES, AccessPoint, Availability, DeviceTrace, Population, Series, TraceError
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "UNITS", "write_population", "read_population", "convert"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "UNITS", "write_population", "read_population", "convert",
+           "zero_rate_series", "warn_zero_rates"]
 
 FORMAT_NAME = "simfed-traces"
 FORMAT_VERSION = 1
@@ -137,6 +139,8 @@ def _write_files(pop: Population, out: Path) -> None:
             "latency": [float(d.latency_s) for d in devs],
         }
     )
+    if any(d.ap for d in devs):
+        devices["ap"] = [d.ap for d in devs]
     periods: dict[str, float | None] = {}
     for kind in ("compute", "downlink", "uplink"):
         per = [getattr(d, _SERIES_ATTR[kind]).period_s for d in devs]
@@ -173,6 +177,11 @@ def _write_files(pop: Population, out: Path) -> None:
                 rows_s += list(a.starts)
                 rows_e += list(a.ends)
         _write_csv(pd.DataFrame({"device_id": rows_id, "start": rows_s, "end": rows_e}), out / "availability.csv")
+    if pop.access_points:
+        aps = [pop.access_points[name] for name in sorted(pop.access_points)]
+        _write_csv(pd.DataFrame({"ap": [a.name for a in aps], "downlink": [a.downlink_bps for a in aps],
+                                 "uplink": [a.uplink_bps for a in aps], "duplex": [a.duplex for a in aps]}),
+                   out / "aps.csv")
     meta = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
@@ -233,9 +242,11 @@ def read_population(directory: str | os.PathLike) -> Population:
     else:
         availability = [Availability.always()] * len(ids)
 
+    access_points = _read_access_points(root, devices, units)
     ram = devices["ram"].to_numpy(float) * convert(1.0, "ram", units["ram"], where="meta.json: units.ram")
     lat = devices["latency"].to_numpy(float) * convert(1.0, "latency", units["latency"], where="meta.json: units.latency")
     types = devices["device_type"].tolist()
+    aps = devices["ap"].tolist()
     traces = tuple(
         DeviceTrace(
             device_id=ids[i],
@@ -246,10 +257,57 @@ def read_population(directory: str | os.PathLike) -> Population:
             latency_s=float(lat[i]),
             ram_bytes=float(ram[i]),
             availability=availability[i],
+            ap=aps[i],
         )
         for i in range(len(ids))
     )
-    return Population(traces, dict(meta.get("provenance") or {}))
+    population = Population(traces, dict(meta.get("provenance") or {}), access_points)
+    warn_zero_rates(population, root, files=True)
+    return population
+
+
+# --------------------------------------------------------------------------------------------------
+# zero-rate series
+
+
+_ZERO_CONSEQUENCE = {
+    "compute": "its training can never finish",
+    "downlink": "its download can never finish",
+    "uplink": "its upload can never finish",
+}
+
+
+def zero_rate_series(population: Population) -> dict[str, list[DeviceTrace]]:
+    """Series kind (``compute``, ``downlink``, ``uplink``) -> the devices whose rate is 0 over the whole period.
+
+    Such a device is legal (its work simply never finishes) but almost always a mistake in the
+    trace: a round that waits for it can never close.
+    """
+    out: dict[str, list[DeviceTrace]] = {}
+    for kind, attr in _SERIES_ATTR.items():
+        zero = [d for d in population.devices if not (getattr(d, attr).values > 0).any()]
+        if zero:
+            out[kind] = zero
+    return out
+
+
+def warn_zero_rates(population: Population, source: str | os.PathLike, *, files: bool = False, show: int = 10) -> None:
+    """Issue one :class:`~simfed.errors.SimfedWarning` per series kind that has zero-rate devices.
+
+    The message names ``source`` (with ``files``, the series file inside that trace directory),
+    the series, up to ``show`` device ids and the period, e.g. ``traces/downlink.csv: device 'd0'
+    has a zero downlink rate over the whole period (10 s): its download can never finish``.
+    """
+    from simfed.errors import SimfedWarning
+
+    for kind, devs in zero_rate_series(population).items():
+        where = Path(source) / _SERIES_FILES[kind] if files else source
+        names = ", ".join(repr(d.device_id) for d in devs[:show]) + (f" and {len(devs) - show} more" if len(devs) > show else "")
+        periods = sorted({getattr(d, _SERIES_ATTR[kind]).period_s for d in devs})
+        period = f"{periods[0]:g} s" if len(periods) == 1 else f"{periods[0]:g}-{periods[-1]:g} s"
+        who = f"device {names} has" if len(devs) == 1 else f"devices {names} have"
+        warnings.warn(f"{where}: {who} a zero {kind} rate over the whole period ({period}): {_ZERO_CONSEQUENCE[kind]}",
+                      SimfedWarning, stacklevel=3)
 
 
 def _read_meta(root: Path) -> dict:
@@ -288,7 +346,7 @@ def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
     # Arrow's reader is several times faster than pandas' on million-row series files. Identifiers
     # stay strings ("007" is not 7); only an empty field is missing ("NA" is a valid device id).
     options = pa_csv.ConvertOptions(
-        column_types={"device_id": pa.string(), "device_type": pa.string()},
+        column_types={"device_id": pa.string(), "device_type": pa.string(), "ap": pa.string(), "duplex": pa.string()},
         null_values=[""],
         strings_can_be_null=True,
     )
@@ -309,7 +367,9 @@ def _numeric(frame: pd.DataFrame, col: str, path: Path) -> np.ndarray:
     if bad.any():
         r = int(np.argmax(bad))
         did = frame["device_id"].iloc[r] if "device_id" in frame.columns else "?"
-        raise TraceError(f"{path.name}: device {did!r}, field {col!r}: not a number ({frame[col].iloc[r]!r}) at line {r + 2}")
+        cell = frame[col].iloc[r]
+        cell = cell.item() if isinstance(cell, np.generic) else cell  # show nan, not np.float64(nan)
+        raise TraceError(f"{path.name}: device {did!r}, field {col!r}: not a number ({cell!r}) at line {r + 2}")
     return values
 
 
@@ -327,6 +387,7 @@ def _read_devices(root: Path) -> pd.DataFrame:
         r = int(np.argmax(dup.to_numpy()))
         raise TraceError(f"{path.name}: device {ids.iloc[r]!r} appears twice (line {r + 2})")
     frame["device_type"] = frame["device_type"].fillna("")
+    frame["ap"] = frame["ap"].fillna("") if "ap" in frame.columns else ""  # blank: a private link
     for col in ("ram", "latency"):
         v = _numeric(frame, col, path)
         bad = ~np.isfinite(v) | (v < 0)
@@ -350,6 +411,48 @@ def _read_devices(root: Path) -> pd.DataFrame:
                 )
             frame[col] = v
     return frame
+
+
+def _read_access_points(root: Path, devices: pd.DataFrame, units: dict) -> dict[str, AccessPoint]:
+    """``aps.csv`` (``ap, downlink, uplink, duplex``; capacities in the directory's downlink/uplink units),
+    required when a device names an access point. ``duplex`` is ``full`` or ``half`` (then ``uplink`` may be
+    blank: one capacity, ``downlink``, serves both directions)."""
+    path = root / "aps.csv"
+    used = sorted(set(devices["ap"].tolist()) - {""})
+    if not path.is_file():
+        if used:
+            raise TraceError(f"{root / 'devices.csv'}: device {devices['device_id'][devices['ap'] == used[0]].iloc[0]!r} "
+                             f"is on access point {used[0]!r} but {path.name} is missing")
+        return {}
+    frame = _read_csv(path, ["ap", "downlink", "uplink", "duplex"])
+    down_f = convert(1.0, "downlink", units["downlink"], where="meta.json: units.downlink")
+    up_f = convert(1.0, "uplink", units["uplink"], where="meta.json: units.uplink")
+    out: dict[str, AccessPoint] = {}
+    for r, row in enumerate(frame.itertuples(index=False)):
+        line = f"{path.name}: line {r + 2}"
+        name = row.ap if isinstance(row.ap, str) else ""
+        if not name:
+            raise TraceError(f"{line}: field 'ap' is empty")
+        if name in out:
+            raise TraceError(f"{line}: access point {name!r} appears twice")
+        duplex = row.duplex if isinstance(row.duplex, str) else ""
+        if duplex not in DUPLEX_MODES:
+            raise TraceError(f"{line}: access point {name!r}, field 'duplex' must be one of {', '.join(DUPLEX_MODES)}, got {row.duplex!r}")
+        down = pd.to_numeric(pd.Series([row.downlink]), errors="coerce").iloc[0]
+        up = pd.to_numeric(pd.Series([row.uplink]), errors="coerce").iloc[0]
+        if duplex == "half" and not np.isfinite(up):
+            up = down  # one shared capacity: the uplink column may be blank
+        for field_, v in (("downlink", down), ("uplink", up)):
+            if not (np.isfinite(v) and v > 0):
+                raise TraceError(f"{line}: access point {name!r}, field {field_!r} must be a positive finite rate, got "
+                                 f"{getattr(row, field_)!r}")
+        out[name] = AccessPoint(name, float(down) * down_f, float(up) * up_f, duplex)
+    unknown = [a for a in used if a not in out]
+    if unknown:
+        did = devices["device_id"][devices["ap"] == unknown[0]].iloc[0]
+        raise TraceError(f"{root / 'devices.csv'}: device {did!r} names access point {unknown[0]!r}, "
+                         f"which {path.name} does not declare (declared: {', '.join(sorted(out)) or 'none'})")
+    return out
 
 
 def _periods_for(kind: str, devices: pd.DataFrame, meta: dict, tconv: float) -> np.ndarray:

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from simfed.errors import SimfedError
 
-class TraceError(ValueError):
+
+class TraceError(SimfedError, ValueError):
     """A trace is malformed. The message names the file, the device and the field."""
 
 
@@ -181,6 +183,29 @@ class Series:
                 i = n - 1
         return k * period + times[i] + (rem - cum[i]) / vals[i]
 
+    def next_change(self, t: float) -> float:
+        """The earliest breakpoint strictly after ``t`` (s), where the rate may change; ``inf`` for one segment.
+
+        Breakpoints are ``k * period_s + times_s[i]`` for every whole period ``k`` (computed with
+        exactly that expression, so callers that step through segments themselves get the same
+        floats). A breakpoint whose value equals the previous one still counts.
+        """
+        times = self._times
+        n = len(times)
+        if n == 1:
+            return math.inf
+        period = self.period_s
+        k, u = wrap_time(t, period)
+        i = bisect_right(times, u)
+        while True:  # normally one pass; more only where k * period + times[i] rounds to <= t
+            if i >= n:
+                k += 1
+                i = 0
+            nxt = k * period + times[i]
+            if nxt > t:
+                return nxt
+            i += 1
+
 
 @dataclass(frozen=True, eq=False)
 class Availability:
@@ -278,9 +303,38 @@ class Availability:
         return ready, self.offline_at(ready)
 
 
+DUPLEX_MODES = ("full", "half")
+
+
+@dataclass(frozen=True)
+class AccessPoint:
+    """A shared access point (a Wi-Fi AP, a cell): every device on it shares its capacity.
+
+    ``duplex`` is ``"full"`` (separate capacities per direction: ``downlink_bps`` for what its devices
+    download, ``uplink_bps`` for what they upload) or ``"half"`` (one capacity, ``downlink_bps``, shared by
+    both directions, as on one Wi-Fi channel; ``uplink_bps`` is then ignored). Capacities in bytes/s.
+    """
+
+    name: str
+    downlink_bps: float
+    uplink_bps: float
+    duplex: str = "full"
+
+    def __post_init__(self) -> None:
+        if self.duplex not in DUPLEX_MODES:
+            raise TraceError(f"access point {self.name!r}: duplex must be one of {DUPLEX_MODES}, got {self.duplex!r}")
+        for what, v in (("downlink", self.downlink_bps), ("uplink", self.uplink_bps)):
+            if not (v > 0 and math.isfinite(v)):
+                raise TraceError(f"access point {self.name!r}: {what} capacity must be a positive finite rate, got {v!r}")
+
+
 @dataclass(frozen=True, eq=False)
 class DeviceTrace:
-    """Everything the timing layer knows about one device."""
+    """Everything the timing layer knows about one device.
+
+    ``ap`` names the access point the device shares (:class:`AccessPoint`, in
+    ``Population.access_points``); ``""`` is a private link (its own series alone decide its transfers).
+    """
 
     device_id: str
     device_type: str
@@ -290,14 +344,22 @@ class DeviceTrace:
     latency_s: float  # one-way latency added to every transfer
     ram_bytes: float
     availability: Availability = field(default_factory=Availability.always)
+    ap: str = ""
 
 
 @dataclass(frozen=True, eq=False)
 class Population:
-    """A set of device traces plus free-form provenance (generator name, seed, sources)."""
+    """A set of device traces, the access points they share, and free-form provenance (generator, seed, sources)."""
 
     devices: tuple[DeviceTrace, ...]
     meta: dict = field(default_factory=dict)
+    access_points: dict = field(default_factory=dict)  # name -> AccessPoint
+
+    def __post_init__(self) -> None:
+        for d in self.devices:
+            if d.ap and d.ap not in self.access_points:
+                raise TraceError(f"device {d.device_id!r}: access point {d.ap!r} is not declared "
+                                 f"(known: {', '.join(sorted(self.access_points)) or 'none'})")
 
     def __len__(self) -> int:
         return len(self.devices)

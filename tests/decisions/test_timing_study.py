@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from simfed.decisions.policies import make_policy
-from simfed.decisions.timing_study import STUDY_SUCB_PARAMS, run_timing_study, study_cost, waiting_by_round
+from simfed.experiments.timing_study import STUDY_SUCB_PARAMS, run_timing_study, study_cost, waiting_by_round
 from simfed.records import Arm
 
 engine = pytest.importorskip("simfed.timing.engine")

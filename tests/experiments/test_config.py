@@ -74,10 +74,10 @@ def test_traces_needs_exactly_one_source(tmp_path):
 
 def test_overrides_are_typed_and_nested(tmp_path):
     cfg = C.load(write(tmp_path, GOOD), ["train.lr=1e-3", "engine.deadline_s=30", "name=two words",
-                                         "policy.params.gamma=0.8", "sweep.grid.train.tau=[1, 2]"])
+                                         "policy.params.discount=0.8", "sweep.grid.train.tau=[1, 2]"])
     assert cfg.train.lr == pytest.approx(1e-3) and isinstance(cfg.engine.deadline_s, float)
     assert cfg.name == "two words"
-    assert cfg.policy.params == {"gamma": 0.8}
+    assert cfg.policy.params == {"discount": 0.8}
     assert cfg.sweep.grid == {"train.tau": [1, 2]}
 
 
@@ -95,7 +95,7 @@ def test_relative_trace_dir_resolves_against_the_file(tmp_path):
 
 
 def test_resolved_config_round_trips(tmp_path):
-    cfg = C.load(write(tmp_path, GOOD), ["policy.params.gamma=0.8"])
+    cfg = C.load(write(tmp_path, GOOD), ["policy.params.discount=0.8"])
     again = C.from_dict(C.read_toml(write(tmp_path, C.dumps(cfg))))
     assert again == cfg
 

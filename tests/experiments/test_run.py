@@ -144,7 +144,7 @@ def test_oracle_and_baselines_run_in_timing_mode(tiny_config, tmp_path):
 
 def test_discarded_work_does_not_advance_sparsity(tiny_config, tmp_path):
     """With a tight deadline some devices are late; the server keeps their sparsity for the next round."""
-    cfg = C.load(tiny_config, ["engine.participants=0", "engine.overcommit=1.0", "engine.deadline_s=0.35",
+    cfg = C.load(tiny_config, ["engine.participants=0", "engine.overcommit=1.0", "engine.deadline_s=0.35", "server.base_download=false",
                                "method=uniform", "policy.method_params.rounds_to_target=5"])
     run_config(cfg, tmp_path / "r", progress=False)
     devs = pd.read_parquet(tmp_path / "r" / "device_rounds.parquet").sort_values(["device_id", "round"])

@@ -35,24 +35,26 @@ def test_expand_is_the_full_product_with_stable_names(tiny_config):
 
 
 def test_failed_member_is_reported_and_others_complete(tiny_config, tmp_path):
-    cfg = C.load(tiny_config, ["rounds=2", "sweep.methods=['fedspine', 'no-such-method']"])
+    # a member that fails only when it runs: 99 participants of a 6-device population
+    cfg = C.load(tiny_config, ["rounds=2", "sweep.grid.engine.participants=[4, 99]"])
     results = run_sweep(cfg, tmp_path, workers=1, echo=None)
     status = {r.name: r.status for r in results}
-    assert status == {"fedspine-s0": "done", "no-such-method-s0": "failed"}
+    ok, bad = "fedspine-s0-participants=4", "fedspine-s0-participants=99"
+    assert status == {ok: "done", bad: "failed"}
     failed = next(r for r in results if r.status == "failed")
-    assert "no-such-method" in failed.error
-    assert "no-such-method" in (tmp_path / "no-such-method-s0" / "error.txt").read_text()
-    assert (tmp_path / "fedspine-s0" / "summary.json").is_file()
+    assert "engine.participants=99" in failed.error
+    assert "engine.participants=99" in (tmp_path / bad / "error.txt").read_text()
+    assert (tmp_path / ok / "summary.json").is_file()
     recorded = json.loads((tmp_path / "sweep.json").read_text())
     assert [m["status"] for m in recorded["members"]] == ["done", "failed"]
     # a re-run skips the complete member and retries the failed one
     again = run_sweep(cfg, tmp_path, workers=1, echo=None)
-    assert {r.name: r.status for r in again} == {"fedspine-s0": "skipped", "no-such-method-s0": "failed"}
+    assert {r.name: r.status for r in again} == {ok: "skipped", bad: "failed"}
 
 
 def test_cli_exit_status_is_1_when_a_member_failed(tiny_config, tmp_path):
     rc = main(["sweep", str(tiny_config), "--out", str(tmp_path / "sw"), "--workers", "1",
-               "--set", "rounds=2", "--set", "sweep.methods=['fedspine', 'nope']"])
+               "--set", "rounds=2", "--set", "sweep.grid.engine.participants=[4, 99]"])
     assert rc == 1
 
 

@@ -91,3 +91,29 @@ def timing_rows(timings) -> list[tuple]:
 
 def round_rows(rounds) -> list[tuple]:
     return timing_rows(rounds)
+
+
+def fixed_loop(arm=None, s_star: float = 0.5, local_iters: int = 10, tau: int = 5, arms=None, **kwargs):
+    """The server loop without training, every device playing one fixed arm (``arms``: per-device overrides)."""
+    from simfed.decisions.policies import make_policy
+    from simfed.experiments.loop import ServerLoop
+    from simfed.records import Arm
+
+    policy = make_policy("fixed", arm=arm if arm is not None else Arm(0.1, 4), per_device=arms)
+    return ServerLoop(policy=policy, s_star=s_star, local_iters=local_iters, tau=tau, **kwargs)
+
+
+def round_configs():
+    """Engine configurations every path must agree on (ids: :data:`ROUND_CONFIG_IDS`)."""
+    from simfed.timing.engine import EngineConfig
+
+    return [
+        EngineConfig(),
+        EngineConfig(deadline_s=60.0),
+        EngineConfig(participants=12, overcommit=1.3, seed=4),
+        EngineConfig(participants=12, overcommit=1.3, deadline_s=45.0, seed=9),
+        EngineConfig(participants=12, overcommit=1.3, availability="end_instant", seed=2),
+    ]
+
+
+ROUND_CONFIG_IDS = ["all", "deadline", "overcommit", "overcommit+deadline", "end_instant"]

@@ -47,7 +47,7 @@ def test_import_then_show(tmp_path: Path, capsys):
     assert main(["traces", "show", str(out)]) == 0
     row = capsys.readouterr().out.splitlines()[-1].split()
     assert row[0] == "fedscale" and row[1] == "5"
-    assert row[4] == "2"  # 2,000 kbit/s = 2 Mbit/s down
+    assert row[4] == "2.05"  # 2,000 FedScale kbit/s (1 kbit = 1024 bit) = 2.048 Mbit/s down
 
 
 @pytest.mark.parametrize(
@@ -55,7 +55,7 @@ def test_import_then_show(tmp_path: Path, capsys):
     [
         (["traces", "show", "/nonexistent/trace-dir"], "not a trace directory"),
         (["traces", "generate", "phones", "--out", "{tmp}/x", "--set", "nonsense"], "--set expects KEY=VALUE"),
-        (["traces", "generate", "phones", "--out", "{tmp}/x", "--set", "bogus=1"], "unexpected keyword argument 'bogus'"),
+        (["traces", "generate", "phones", "--out", "{tmp}/x", "--set", "bogus=1"], "--set bogus: unknown option of generator 'phones'"),
         (["traces", "import", "mahimahi", "{tmp}/missing.down", "--out", "{tmp}/y"], "no such file"),
     ],
 )

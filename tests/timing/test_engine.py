@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _helpers import TableCost, device, random_population, round_rows, timing_rows  # noqa: E402
+from _helpers import ROUND_CONFIG_IDS, TableCost, device, fixed_loop, random_population, round_configs, round_rows, timing_rows  # noqa: E402
 
 from simfed.records import Arm, DeviceTiming, Event, Outcome, Plan  # noqa: E402
 from simfed.timing.cost import PlanCost  # noqa: E402
-from simfed.timing.engine import Engine, EngineConfig, EngineError, FixedPlanDriver, waiting_s  # noqa: E402
+from simfed.timing.engine import Engine, EngineConfig, EngineError, waiting_s  # noqa: E402
 from simfed.timing.traces import Availability, Population, Series  # noqa: E402
 
 COST = TableCost(PlanCost(flops=1000.0, down_bytes=20.0, up_bytes=10.0, memory_bytes=100.0))
@@ -44,7 +44,7 @@ def _c(avail=None):
 
 
 def _run(devs, config=EngineConfig(), rounds=1, cost=COST, driver=None):
-    driver = driver or FixedPlanDriver(Arm(0.1, 4), s_star=0.5, local_iters=10, tau=5)
+    driver = driver or fixed_loop(Arm(0.1, 4), s_star=0.5, local_iters=10, tau=5)
     return Engine(Population(tuple(devs)), cost, config, driver).run(rounds)
 
 
@@ -89,13 +89,16 @@ def test_rounds_chain_and_sparsity_advances() -> None:
     """Round 1 starts when round 0 ends; the driver's plans follow next_sparsity on OK devices."""
     plans_seen: list[list[Plan]] = []
 
-    class Spy(FixedPlanDriver):
-        def plans(self, round, now_s, device_ids):
-            out = super().plans(round, now_s, device_ids)
-            plans_seen.append(out)
-            return out
+    driver = fixed_loop(Arm(0.25, 4), s_star=0.5, local_iters=10, tau=5)
+    plans = driver.plans
 
-    res = _run([_a(), _b()], rounds=3, driver=Spy(Arm(0.25, 4), s_star=0.5, local_iters=10, tau=5))
+    def spy(round, now_s, device_ids):
+        out = plans(round, now_s, device_ids)
+        plans_seen.append(out)
+        return out
+
+    driver.plans = spy
+    res = _run([_a(), _b()], rounds=3, driver=driver)
     assert [r.start_s for r in res.rounds] == [0.0, 16.0, 32.0]
     # A's second round starts at 16: 16+1+2 = 19, compute 29, upload 29+1+2 = 32
     assert res.rounds[1].end_s == 32.0
@@ -197,7 +200,7 @@ def test_deterministic_and_seed_matters() -> None:
     cfg = EngineConfig(participants=8, overcommit=1.3, deadline_s=200.0, seed=11)
 
     def go(c):
-        return Engine(pop, COST_RANDOM, c, FixedPlanDriver(Arm(0.1, 8), 0.5, 20, 10)).run(4)
+        return Engine(pop, COST_RANDOM, c, fixed_loop(Arm(0.1, 8), 0.5, 20, 10)).run(4)
 
     a, b = go(cfg), go(cfg)
     assert a.events == b.events and timing_rows(a.timings) == timing_rows(b.timings) and round_rows(a.rounds) == round_rows(b.rounds)
@@ -218,19 +221,14 @@ def test_never_finishing_round_is_an_error_not_a_hang() -> None:
 
 
 def test_driver_can_stop_and_bad_plans_are_rejected() -> None:
-    class StopAfterOne(FixedPlanDriver):
-        def round_done(self, round, timings, start_s, end_s):
-            return False
+    res = _run([_a()], rounds=5, driver=fixed_loop(Arm(0.1, 4), 0.5, 10, 5, rounds=1))
+    assert len(res.rounds) == 1  # the loop's last round stops the engine
 
-    res = _run([_a()], rounds=5, driver=StopAfterOne(Arm(0.1, 4), 0.5, 10, 5))
-    assert len(res.rounds) == 1
-
-    class Wrong(FixedPlanDriver):
-        def plans(self, round, now_s, device_ids):
-            return list(reversed(super().plans(round, now_s, device_ids)))
-
+    wrong = fixed_loop(Arm(0.1, 4), 0.5, 10, 5)
+    plans = wrong.plans
+    wrong.plans = lambda round, now_s, device_ids: list(reversed(plans(round, now_s, device_ids)))
     with pytest.raises(ValueError, match="plan 0 is for device 'B'"):
-        _run([_a(), _b()], driver=Wrong(Arm(0.1, 4), 0.5, 10, 5))
+        _run([_a(), _b()], driver=wrong)
 
 
 @pytest.mark.parametrize(
@@ -255,8 +253,8 @@ def test_with_the_real_cost_model() -> None:
 
     shape = ModelShape(n_layers=2, d_model=64, n_heads=4, n_kv_heads=4, head_dim=16, d_ff=256, vocab_size=65)
     cost = CostModel(shape, batch_size=4, seq_len=32)
-    fast_dev = device("F", compute=(1e9,), down=1e6, up=1e6, latency=0.0, ram=1e9)
-    res = _run([fast_dev], rounds=4, cost=cost, driver=FixedPlanDriver(Arm(0.25, 8), s_star=0.5, local_iters=20, tau=10))
+    fast_dev = device("F", compute=(1e9,), down=1e6, up=1e6, latency=0.0, ram=1e11)
+    res = _run([fast_dev], rounds=4, cost=cost, driver=fixed_loop(Arm(0.25, 8), s_star=0.5, local_iters=20, tau=10))
     flops = [t.compute_flops for t in res.timings]
     assert flops[0] > flops[1] > flops[2] == flops[3]
     assert [t.outcome for t in res.timings] == [Outcome.OK] * 4
@@ -289,29 +287,24 @@ def test_oom_event_keeps_its_detail() -> None:
 
 # ---------------------------------------------------------------- batched vs scalar trace lookups
 
-BATCH_CONFIGS = [
-    EngineConfig(),
-    EngineConfig(deadline_s=60.0),
-    EngineConfig(participants=12, overcommit=1.3, seed=4),
-    EngineConfig(participants=12, overcommit=1.3, deadline_s=45.0, seed=9),
-    EngineConfig(participants=12, overcommit=1.3, availability="end_instant", seed=2),
-]
+BATCH_CONFIGS = round_configs()
 
 
 def _engine_pair(pop, cost, cfg, rounds):
-    def go(batched):
-        driver = FixedPlanDriver(Arm(0.1, 8), 0.5, 20, 10, arms={"dev0003": Arm(0.3, 2), "dev0010": Arm(0.0, 16)})
-        eng = Engine(pop, cost, cfg, driver, batched=batched)
-        assert eng.batched is batched
+    def go(contended):
+        driver = fixed_loop(Arm(0.1, 8), 0.5, 20, 10, arms={"dev0003": Arm(0.3, 2), "dev0010": Arm(0.0, 16)})
+        eng = Engine(pop, cost, cfg, driver, contended=contended)
+        assert eng.contended is contended
         return eng.run(rounds)
 
-    return go(True), go(False)
+    return go(False), go(True)
 
 
-@pytest.mark.parametrize("cfg", BATCH_CONFIGS, ids=["all", "deadline", "overcommit", "overcommit+deadline", "end_instant"])
-def test_batched_lookups_equal_scalar_lookups(cfg: EngineConfig) -> None:
-    """The default engine (all selected devices' traces looked up at once, processes only wait) gives
-    exactly the per-device, per-phase engine's timings, round times and event log (with details)."""
+@pytest.mark.parametrize("cfg", BATCH_CONFIGS, ids=ROUND_CONFIG_IDS)
+def test_vectorised_path_equals_simpy_path(cfg: EngineConfig) -> None:
+    """Where nothing is shared, the vectorised path (all selected devices at once, numpy) and the SimPy path
+    (one process per device answering its transfers in simulated time) give the same timings, round times
+    and event log (with details)."""
     from simfed.structure import ModelShape
     from simfed.timing.cost import CostModel
 
@@ -324,8 +317,8 @@ def test_batched_lookups_equal_scalar_lookups(cfg: EngineConfig) -> None:
     assert [e.detail for e in a.events] == [e.detail for e in b.events]
 
 
-def test_batched_equals_scalar_with_oom_drops_and_never_ending_phases() -> None:
-    """Edge cases of the precomputed waits: out of memory, offline mid-phase, a device whose compute
+def test_paths_agree_with_oom_drops_and_never_ending_phases() -> None:
+    """Edge cases: out of memory, offline mid-phase, a device whose compute
     never ends (zero throughput: it waits forever until the deadline closes the round), zero-length
     phases (no latency, nothing to download) and every outcome."""
     pop = random_population(40, seed=5)
@@ -347,38 +340,43 @@ def test_batched_equals_scalar_with_oom_drops_and_never_ending_phases() -> None:
         seen |= {t.outcome for t in a.timings}
         if cfg.participants is None:  # everyone selected: the dead device waits in vain until the deadline
             assert any(t.device_id == "dead" and t.outcome is Outcome.LATE and t.download_end_s == t.ready_s for t in a.timings)
-    assert seen == set(Outcome)
+    assert seen == set(Outcome) - {Outcome.FAILED}  # FAILED is the server's verdict on training, not timing
 
 
 def test_timings_reach_the_driver_as_a_lazy_list() -> None:
     """The driver gets a read-only list that builds its records on first access; the result's
     timings are the same records."""
-    from simfed.timing.fast import TimingRows
+    from simfed.timing.engine import TimingRows
 
     got = []
 
-    class Keep(FixedPlanDriver):
-        def round_done(self, round, timings, start_s, end_s):
-            got.append(timings)
-            return super().round_done(round, timings, start_s, end_s)
+    keep = fixed_loop(Arm(0.25, 4), s_star=0.5, local_iters=10, tau=5)
+    done = keep.round_closed
 
-    res = _run([_a(), _b(), _c()], rounds=2, driver=Keep(Arm(0.25, 4), s_star=0.5, local_iters=10, tau=5))
-    first = got[0]
-    assert isinstance(first, TimingRows) and first._rows is None  # nothing built yet
+    def closed(round, timings, close_s):
+        got.append((timings, timings._rows is None))
+        return done(round, timings, close_s)
+
+    keep.round_closed = closed
+    res = _run([_a(), _b(), _c()], rounds=2, driver=keep)
+    first, lazy = got[0]
+    assert isinstance(first, TimingRows) and lazy  # nothing built until the driver reads it
     assert len(first) == 3 and [t.device_id for t in first] == ["A", "B", "C"]
     assert first[0] == DeviceTiming(0, "A", Outcome.OK, 0.0, 0.0, 3.0, 13.0, 16.0, 16.0, 1000.0, 20.0, 10.0, 100.0)
     assert first == list(first) and first != list(first)[:2]
     assert res.timings[:3] == list(first) and res.timings[0] is first[0]
-    # the driver's column shortcut advanced the sparsities as the records say
-    assert sorted(got[1][0:3], key=lambda t: t.device_id)[0].outcome is Outcome.OK
+    assert sorted(got[1][0][0:3], key=lambda t: t.device_id)[0].outcome is Outcome.OK
 
 
 def test_packed_population_is_built_once_per_population() -> None:
     from simfed.timing.packed import PackedPopulation
 
     pop = random_population(5, seed=2)
-    eng = Engine(pop, COST_RANDOM, EngineConfig(), FixedPlanDriver(Arm(0.1, 8), 0.5, 20, 10))
+    eng = Engine(pop, COST_RANDOM, EngineConfig(), fixed_loop(Arm(0.1, 8), 0.5, 20, 10))
     assert eng.packed is PackedPopulation.of(pop)
     assert PackedPopulation.of(random_population(5, seed=2)) is not eng.packed  # another population object
-    slots = Engine(pop, COST_RANDOM, EngineConfig(max_concurrent_transfers=1), FixedPlanDriver(Arm(0.1, 8), 0.5, 20, 10))
-    assert not slots.batched  # contention: each device looks up its own traces at each phase
+    assert not eng.contended  # nothing shared: the vectorised path
+    slots = Engine(pop, COST_RANDOM, EngineConfig(max_concurrent_transfers=1), fixed_loop(Arm(0.1, 8), 0.5, 20, 10))
+    assert slots.contended  # transfer slots: SimPy
+    with pytest.raises(ValueError, match="shares links or transfer slots"):
+        Engine(pop, COST_RANDOM, EngineConfig(max_concurrent_transfers=1), fixed_loop(), contended=False)

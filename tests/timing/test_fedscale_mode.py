@@ -3,21 +3,20 @@ standalone reference rule on a synthetic population."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from simfed.records import Arm, Outcome
-from simfed.timing.engine import FixedPlanDriver
-from simfed.timing.fast import FastEngine
-from simfed.timing.fedscale import (
-    FedScaleCost,
-    client_duration_s,
-    fedscale_config,
-    fedscale_engine,
-    fedscale_population,
-    fedscale_rounds,
-)
-from simfed.timing.traces import TraceError
+sys.path.insert(0, str(Path(__file__).parent))
+from _helpers import fixed_loop  # noqa: E402
+from fedscale_reference import client_duration_s, fedscale_rounds  # noqa: E402
+
+from simfed.records import Arm, Outcome  # noqa: E402
+from simfed.timing.engine import Engine  # noqa: E402
+from simfed.timing.fedscale import FedScaleCost, fedscale_config, fedscale_engine, fedscale_population  # noqa: E402
+from simfed.timing.traces import TraceError  # noqa: E402
 
 
 def test_worked_example_from_fedscale_trace() -> None:
@@ -42,14 +41,15 @@ def _synthetic(n: int, seed: int):
     return caps, behaviours
 
 
-@pytest.mark.parametrize("fast", [False, True], ids=["simpy", "vectorised"])
-def test_engine_configuration_agrees_with_reference(fast: bool) -> None:
+@pytest.mark.parametrize("contended", [True, False], ids=["simpy", "vectorised"])
+def test_engine_configuration_agrees_with_reference(contended: bool) -> None:
     caps, behaviours = _synthetic(300, seed=4)
     K, rounds = 20, 15
     ref = fedscale_rounds(caps, behaviours, K, rounds, batch_size=20, local_steps=5, model_kbit=20_000.0, seed=6)
-    driver = FixedPlanDriver(Arm(0.0, 1), 0.0, 1, 1)
-    if fast:
-        eng = FastEngine(fedscale_population(caps, behaviours), FedScaleCost(20, 5, 20_000.0), fedscale_config(K, seed=6), driver)
+    driver = fixed_loop(Arm(0.0, 1), 0.0, 1, 1)
+    if contended:  # forced onto the SimPy path (nothing is shared: it must agree)
+        eng = Engine(fedscale_population(caps, behaviours), FedScaleCost(20, 5, 20_000.0), fedscale_config(K, seed=6),
+                     driver, contended=True)
     else:
         eng = fedscale_engine(caps, behaviours, K, 20, 5, 20_000.0, driver, seed=6)
     res = eng.run(rounds)

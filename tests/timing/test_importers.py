@@ -51,7 +51,7 @@ def test_fedscale_capacity_units(capacity: Path):
     pop = import_traces("fedscale", capacity)
     d = pop.by_id()["1"]
     assert d.compute_flops.rate_at(0) == pytest.approx(DEFAULT_FLOPS_PER_SAMPLE / 0.162)
-    assert d.down_bps.rate_at(5.0) == pytest.approx(5648.109619499134 * 1000 / 8)
+    assert d.down_bps.rate_at(5.0) == pytest.approx(5648.109619499134 * 1024 / 8)  # FedScale kbit = 1024 bit
     assert d.up_bps.mean() == d.down_bps.mean()
     assert d.availability.is_always
     # FedScale's worked example: 100 samples at 162 ms each take 16.2 s of inference-equivalent work
@@ -61,19 +61,22 @@ def test_fedscale_capacity_units(capacity: Path):
 
 
 def test_fedscale_behave_pairs_and_cycles(capacity: Path, behave: Path):
-    pop = import_traces("fedscale", capacity, behave=behave)
-    a = pop.by_id()["1"].availability  # paired with behaviour entry "a" (index order, as FedScale)
-    assert (a.starts, a.ends, a.period_s) == ((0.0, 500.0), (100.0, 700.0), 1000.0)
-    assert a.is_online(1050.0) and not a.is_online(1200.0)  # cyclic with finish_time
-    assert pop.by_id()["1"].device_type == "CPH1801"
-    b = pop.by_id()["2"].availability  # "b" is clipped at finish_time
-    assert b.ends == (1000.0,)
-    pop_b = import_traces("fedscale-behave", behave, capacity=capacity)
+    with pytest.warns(UserWarning, match="1 of 2 entries dropped"):
+        pop = import_traces("fedscale", capacity, behave=behave)
+    # FedScale pairs client c with behaviour entry c mod B: client 1 -> "b", client 2 -> "c" (never online: dropped)
+    assert [d.device_id for d in pop.devices] == ["1"]
+    b = pop.by_id()["1"].availability  # "b" is clipped at finish_time
+    assert (b.starts, b.ends, b.period_s) == ((900.0,), (1000.0,), 1000.0)
+    assert b.is_online(1950.0) and not b.is_online(1050.0)  # cyclic with finish_time
+    assert pop.by_id()["1"].device_type == "SM-G960F"
+    with pytest.warns(UserWarning, match="1 of 3 entries dropped: never online"):
+        pop_b = import_traces("fedscale-behave", behave, capacity=capacity)
     assert [d.device_id for d in pop_b.devices] == ["a", "b"]  # "c" never online: skipped and counted
     assert pop_b.meta["skipped_never_online"] == 1
     with pytest.raises(TraceError, match="no compute or bandwidth"):
         import_traces("fedscale-behave", behave)
-    const = import_traces("fedscale-behave", behave, flops=2e9, bandwidth_bps=1e6)
+    with pytest.warns(UserWarning, match="never online"):
+        const = import_traces("fedscale-behave", behave, flops=2e9, bandwidth_bps=1e6)
     assert const.devices[0].compute_flops.mean() == 2e9 and const.devices[0].down_bps.mean() == 1e6
 
 
@@ -127,8 +130,9 @@ def test_mahimahi_bins(tmp_path: Path):
     pop = import_traces("mahimahi", down, uplink=up, flops=1e9)
     d = pop.devices[0]
     assert d.device_id == "link"
-    np.testing.assert_array_equal(d.down_bps.values, [3 * 1500, 1500, 1500])  # 2,500 ms falls in the last bin
-    assert d.down_bps.period_s == 3.0
+    # the last bin is [2, 2.5) s: the period is Mahimahi's loop length, 2,500 ms, exactly
+    np.testing.assert_array_equal(d.down_bps.values, [3 * 1500, 1500, 1500 / 0.5])
+    assert d.down_bps.period_s == 2.5
     np.testing.assert_array_equal(d.up_bps.values, [1500, 1500])  # loop length 2,000 ms: two bins
     assert d.up_bps.period_s == 2.0
     half = import_traces("mahimahi", down, bin_s=0.5).devices[0]

@@ -85,6 +85,24 @@ def restrict(matrix: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor
     return out.clone() if out is matrix else out
 
 
+# Dims of one adapted linear as (d_out, d_in); an update's are those of the device's kept structure.
+Dims = tuple[int, int]
+
+
+def qr_flops(m: int, r: int) -> float:
+    """Householder QR of an ``m x r`` matrix (m >= r) with the thin Q formed: 4 m r^2 - 4 r^3 / 3
+    (Golub & Van Loan, Matrix Computations, 3rd ed., §5.2.1-5.2.2: 2mr^2 - 2r^3/3 for R, as much again for Q)."""
+    m, r = max(m, r), min(m, r)
+    return 4.0 * m * r * r - 4.0 * r**3 / 3.0
+
+
+def svd_flops(m: int, n: int) -> float:
+    """Thin SVD (U1, S, V) of an ``m x n`` matrix by R-SVD: 6 m n^2 + 20 n^3 with m >= n
+    (Golub & Van Loan, Matrix Computations, 3rd ed., §5.4.5, Figure 5.4.1)."""
+    m, n = max(m, n), min(m, n)
+    return 6.0 * m * n * n + 20.0 * n**3
+
+
 class Aggregator(ABC):
     """A global LoRA adapter in full-model coordinates, merged from heterogeneous device updates.
 
@@ -138,6 +156,17 @@ class Aggregator(ABC):
             return
         self._aggregate(updates)
         self.rounds += 1
+
+    @classmethod
+    @abstractmethod
+    def merge_flops(cls, full: Sequence[Dims], updates: Sequence[tuple[int, Sequence[Dims]]], merged_before: bool) -> float:
+        """FLOPs of one round's aggregation and of re-factoring the downlinks it changes, counted from shapes.
+
+        ``full``: (d_out, d_in) of every adapted linear of the unpruned model; ``updates``: each accepted
+        update's rank and the dims of the same linears at its device's structure; ``merged_before``: a
+        global update exists already. This is what the server's aggregation phase is timed by
+        (docs/timing.md §3.1); it counts the arithmetic of this implementation, not of a reference one.
+        """
 
     @abstractmethod
     def delta_for(self, kept: Kept) -> dict[Key, torch.Tensor]:

@@ -59,6 +59,24 @@ class FactorAverage(Aggregator):
             out[key] = torch.linalg.svdvals(rb @ ra.T)
         return out
 
+    @classmethod
+    def weight_flops(cls, rank: int, d_out: int, d_in: int) -> float:
+        """FLOPs of one update's weight for one linear (a data-size weight costs nothing)."""
+        return 0.0
+
+    @classmethod
+    def merge_flops(cls, full, updates, merged_before: bool) -> float:
+        """Per linear and update: its weight (:meth:`weight_flops`) and the weighted scatter-add of both
+        factors (2r(m+n)); then one division per covered coordinate (r_top(m+n)). The downlink slices the
+        global factors (no arithmetic)."""
+        if not updates:
+            return 0.0
+        r_top = max(r for r, _ in updates)
+        total = float(sum(r_top * (m + n) for m, n in full))
+        for r, dims in updates:
+            total += sum(cls.weight_flops(r, m, n) + 2.0 * r * (m + n) for m, n in dims)
+        return total
+
     def _downlink(self, rank: int, kept: Kept, scale: float) -> LoRAFactors:
         factors = LoRAFactors(rank=rank, scale=scale)
         for key in self.keys():

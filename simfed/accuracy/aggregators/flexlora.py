@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from simfed.accuracy.adapters import DeviceUpdate, Kept, LoRAFactors, module_dims
-from simfed.accuracy.aggregators.base import DTYPE, Aggregator, Key, as_float, restrict, restriction
+from simfed.accuracy.aggregators.base import DTYPE, Aggregator, Key, as_float, qr_flops, restrict, restriction, svd_flops
 
 
 class FlexLoRA(Aggregator):
@@ -45,6 +45,26 @@ class FlexLoRA(Aggregator):
             self.svd[key] = (torch.zeros(d_out, 0, dtype=DTYPE), torch.zeros(0, dtype=DTYPE), torch.zeros(0, d_in, dtype=DTYPE))
         # per round: (key, kept indices) -> top-r_max SVD of the restriction, shared by devices of one structure
         self._svd_cache: dict[tuple[Key, bytes], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def merge_flops(cls, full, updates, merged_before: bool) -> float:
+        """Per linear (m x n): the merge is a compact SVD of [scattered s_k B_k | previous U S] x [A_k ; Vh]
+        with R = sum_k r_k inner columns, plus min(m, n) for the previous global update once one exists (an
+        upper bound on its compact rank, which saturates after a few rounds of many devices); then every
+        accepted device's downlink is re-factored from the new update restricted to its structure, with as
+        many inner columns. See :func:`compact_svd_flops`."""
+        if not updates:
+            return 0.0
+        total = 0.0
+        for j, (m, n) in enumerate(full):
+            r_prev = min(m, n) if merged_before else 0
+            inner = sum(r for r, _ in updates) + r_prev
+            total += compact_svd_flops(m, n, inner)
+            r_global = min(m, n, inner)
+            for _, dims in updates:
+                mk, nk = dims[j]
+                total += compact_svd_flops(mk, nk, r_global)
+        return total
 
     def global_delta(self, key: Key) -> torch.Tensor:
         """The dense global update of one linear in full-model coordinates."""
@@ -129,6 +149,18 @@ class FlexLoRA(Aggregator):
                 a[k:] = restrict(self.init_A[key], None, cols)[k:rank]
             factors.A[key], factors.B[key] = a, b
         return factors
+
+
+def compact_svd_flops(m: int, n: int, inner: int) -> float:
+    """FLOPs of :func:`_compact_svd` of an ``[m, inner] @ [inner, n]`` product: with ``inner >= min(m, n)``
+    the dense product (2 m n inner) and a dense thin SVD; else QRs of both factors, the ``inner x inner``
+    core product and its SVD, and the two products that rotate U and Vh back (2 m R^2 + 2 n R^2)."""
+    if inner <= 0:
+        return 0.0
+    if inner >= min(m, n):
+        return 2.0 * m * n * inner + svd_flops(m, n)
+    r = inner
+    return qr_flops(m, r) + qr_flops(n, r) + 2.0 * r**3 + svd_flops(r, r) + 2.0 * m * r * r + 2.0 * n * r * r
 
 
 def _compact_svd(left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -31,3 +31,8 @@ class HetLoRA(FactorAverage):
 
     def weights(self, updates: list[DeviceUpdate], key: Key) -> list[float]:
         return [update_norm(u, key) for u in updates]
+
+    @classmethod
+    def weight_flops(cls, rank: int, d_out: int, d_in: int) -> float:
+        """‖sBA‖_F via sum((AA^T) * (B^TB)): two r x r Gram products (2r^2(m+n)) and their dot (2r^2)."""
+        return 2.0 * rank * rank * (d_out + d_in) + 2.0 * rank * rank

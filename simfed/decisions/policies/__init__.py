@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from simfed.errors import OptionError
+from simfed.options import OptionTable
+
 from simfed.decisions.policies.base import DiscretePolicy, PerDevicePolicy, Policy, derived_seed
 from simfed.decisions.policies.discounted_ucb import DiscountedUCB
 from simfed.decisions.policies.exp3 import EXP3
@@ -32,17 +35,33 @@ _CLASSES: list[type[Policy]] = [
 POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in _CLASSES}
 
 
-def make_policy(name: str, **kwargs: Any) -> Policy:
-    """Build a registered policy by name; an unknown name or argument is one clear error."""
+def policy_options(name: str) -> OptionTable:
+    """The options a user may set for policy ``name`` (:meth:`Policy.options`).
+
+    Raises:
+        OptionError: ``name`` is not a registered policy.
+    """
     cls = POLICIES.get(name)
     if cls is None:
-        raise ValueError(f"unknown policy {name!r}; known: {sorted(POLICIES)}")
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ValueError(f"policy {name!r}: {exc}") from None
+        raise OptionError(f"unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}")
+    return cls.options()
 
 
-__all__ = ["POLICIES", "make_policy", "Policy", "PerDevicePolicy", "DiscretePolicy", "derived_seed"] + [
+def make_policy(name: str, **kwargs: Any) -> Policy:
+    """Build a registered policy by name.
+
+    Raises:
+        OptionError: an unknown name, or an argument that is neither one of the policy's options nor
+            one the code passes (:attr:`Policy.code_args`), or of the wrong type or range.
+    """
+    table = policy_options(name)
+    cls = POLICIES[name]
+    for key in kwargs:
+        if key not in table and key not in cls.code_args:
+            raise table.unknown_key(key)
+    return cls(**kwargs)
+
+
+__all__ = ["POLICIES", "make_policy", "policy_options", "Policy", "PerDevicePolicy", "DiscretePolicy", "derived_seed"] + [
     c.__name__ for c in _CLASSES
 ]

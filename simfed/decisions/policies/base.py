@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Hashable
 
 from simfed.decisions.arms import ArmSpace
+from simfed.options import OptionTable, check_arguments, signature_table
 from simfed.records import Arm, Observation
 
 
@@ -53,6 +54,9 @@ class Policy(abc.ABC):
     name: ClassVar[str] = ""
     #: True only for policies that read device traces (the oracle). Reported in run configs.
     reads_traces: ClassVar[bool] = False
+    #: Constructor arguments that code passes (the run's arm space and seed, arm lists, traces):
+    #: they are not options a user sets in ``policy.params``.
+    code_args: ClassVar[tuple[str, ...]] = ("arm_space", "seed")
 
     def __init__(self, *, arm_space: ArmSpace | None = None, seed: int = 0) -> None:
         self.arm_space = arm_space if arm_space is not None else ArmSpace()
@@ -65,6 +69,24 @@ class Policy(abc.ABC):
     @abc.abstractmethod
     def update(self, round: int, observations: Sequence[Observation], rewards: Mapping[str, float]) -> None:
         """Learn from the round's observations and rewards (``rewards[device_id]``)."""
+
+    @classmethod
+    def options(cls) -> OptionTable:
+        """The user options of this policy: its constructor's keyword arguments less :attr:`code_args`,
+        typed and ranged by their annotations (``Annotated[float, Range(gt=0, le=1), "γ"]``)."""
+        table = cls.__dict__.get("_options_table")
+        if table is None:
+            table = signature_table(cls.__init__, f"policy {cls.name!r}", skip=cls.code_args)
+            cls._options_table = table  # per class: a subclass builds its own
+        return table
+
+    def _check_options(self, arguments: Mapping[str, Any]) -> None:
+        """Check the constructor's arguments (pass ``locals()``) against :meth:`options`.
+
+        Raises:
+            OptionError: an argument of the wrong type or out of its declared range.
+        """
+        check_arguments(type(self).options(), arguments, f"{self.name}: ")
 
     @classmethod
     def _test_params(cls) -> list[dict[str, Any]]:
@@ -147,6 +169,8 @@ class DiscretePolicy(PerDevicePolicy):
 
     A learner's choice is an index into ``arms``.
     """
+
+    code_args = ("arm_space", "seed", "arms")
 
     def __init__(self, *, arm_space: ArmSpace | None = None, seed: int = 0, arms: Sequence[Arm] | None = None) -> None:
         super().__init__(arm_space=arm_space, seed=seed)

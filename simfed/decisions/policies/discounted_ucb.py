@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from simfed.decisions.arms import ArmSpace
 from simfed.decisions.policies.base import DiscretePolicy
+from simfed.options import Annotated, Range
 from simfed.records import Arm
 
 
@@ -61,12 +62,10 @@ class DiscountedUCB(DiscretePolicy):
     name = "discounted-ucb"
 
     def __init__(self, *, arm_space: ArmSpace | None = None, seed: int = 0, arms: Sequence[Arm] | None = None,
-                 discount: float = 0.95, xi: float = 0.6) -> None:
+                 discount: Annotated[float, Range(gt=0, le=1), "γ"] = 0.95,
+                 xi: Annotated[float, Range(gt=0), "ξ"] = 0.6) -> None:
         super().__init__(arm_space=arm_space, seed=seed, arms=arms)
-        if not (0.0 < discount <= 1.0):
-            raise ValueError(f"discounted-ucb: discount must be in (0, 1], got {discount!r}")
-        if not xi > 0:
-            raise ValueError(f"discounted-ucb: xi must be > 0, got {xi!r}")
+        self._check_options(locals())
         self.discount = discount
         self.xi = xi
 

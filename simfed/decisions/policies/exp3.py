@@ -18,6 +18,7 @@ from itertools import accumulate
 
 from simfed.decisions.arms import ArmSpace
 from simfed.decisions.policies.base import DiscretePolicy
+from simfed.options import Annotated, Range
 from simfed.records import Arm
 
 
@@ -56,10 +57,9 @@ class EXP3(DiscretePolicy):
     name = "exp3"
 
     def __init__(self, *, arm_space: ArmSpace | None = None, seed: int = 0, arms: Sequence[Arm] | None = None,
-                 gamma: float = 0.1) -> None:
+                 gamma: Annotated[float, Range(ge=0, le=1), "γ"] = 0.1) -> None:
         super().__init__(arm_space=arm_space, seed=seed, arms=arms)
-        if not (0.0 <= gamma <= 1.0):
-            raise ValueError(f"exp3: gamma must be in [0, 1], got {gamma!r}")
+        self._check_options(locals())
         self.gamma = gamma
 
     def _new_learner(self, seed: int) -> EXP3Learner:

@@ -18,6 +18,7 @@ class Fixed(Policy):
     """Plays ``per_device[id]`` if given for the device, else ``arm``; learns nothing."""
 
     name = "fixed"
+    code_args = ("arm_space", "seed", "arm", "per_device")
 
     def __init__(self, *, arm_space: ArmSpace | None = None, seed: int = 0, arm: Arm | None = None,
                  per_device: Mapping[str, Arm] | None = None) -> None:

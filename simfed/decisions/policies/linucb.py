@@ -18,6 +18,7 @@ import numpy as np
 
 from simfed.decisions.arms import ArmSpace
 from simfed.decisions.policies.base import DiscretePolicy
+from simfed.options import Annotated, Range
 from simfed.records import Arm
 
 
@@ -61,14 +62,10 @@ class LinUCB(DiscretePolicy):
     name = "linucb"
 
     def __init__(self, *, arm_space: ArmSpace | None = None, seed: int = 0, arms: Sequence[Arm] | None = None,
-                 alpha: float = 0.5, ridge: float = 1.0, discount: float = 1.0) -> None:
+                 alpha: Annotated[float, Range(ge=0), "α"] = 0.5, ridge: Annotated[float, Range(gt=0), "λ"] = 1.0,
+                 discount: Annotated[float, Range(gt=0, le=1), "γ"] = 1.0) -> None:
         super().__init__(arm_space=arm_space, seed=seed, arms=arms)
-        if not alpha >= 0:
-            raise ValueError(f"linucb: alpha must be >= 0, got {alpha!r}")
-        if not ridge > 0:
-            raise ValueError(f"linucb: ridge must be > 0, got {ridge!r}")
-        if not (0.0 < discount <= 1.0):
-            raise ValueError(f"linucb: discount must be in (0, 1], got {discount!r}")
+        self._check_options(locals())
         self.alpha = alpha
         self.ridge = ridge
         self.discount = discount

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from simfed.decisions.arms import ArmSpace
 from simfed.decisions.policies.base import Policy
+from simfed.options import Annotated, Range
 from simfed.records import Arm, Observation
 from simfed.timing.traces import DeviceTrace, Population
 
@@ -33,18 +34,18 @@ class Oracle(Policy):
 
     name = "oracle"
     reads_traces = True
+    code_args = ("arm_space", "seed", "traces", "predict_completion_s", "arms")
 
     def __init__(self, *, arm_space: ArmSpace | None = None, seed: int = 0,
                  traces: Mapping[str, DeviceTrace] | Population | None = None,
                  predict_completion_s: CompletionPredictor | None = None,
-                 arms: Sequence[Arm] | None = None, slack: float = 0.0) -> None:
+                 arms: Sequence[Arm] | None = None, slack: Annotated[float, Range(ge=0)] = 0.0) -> None:
         super().__init__(arm_space=arm_space, seed=seed)
+        self._check_options(locals())
         if traces is None or predict_completion_s is None:
             raise ValueError("oracle: needs the device traces and a predict_completion_s(device_id, arm, sparsity) callable")
         if not callable(predict_completion_s):
             raise ValueError("oracle: predict_completion_s must be callable")
-        if not slack >= 0:
-            raise ValueError(f"oracle: slack must be >= 0, got {slack!r}")
         self.traces = traces
         self.predict_completion_s = predict_completion_s
         self.arms = list(arms) if arms is not None else None

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from simfed.decisions.arms import ArmSpace
 from simfed.decisions.policies.base import DiscretePolicy
+from simfed.options import Annotated, Range
 from simfed.records import Arm
 
 
@@ -64,12 +65,9 @@ class SlidingWindowUCB(DiscretePolicy):
     name = "sliding-window-ucb"
 
     def __init__(self, *, arm_space: ArmSpace | None = None, seed: int = 0, arms: Sequence[Arm] | None = None,
-                 window: int = 50, xi: float = 0.6) -> None:
+                 window: Annotated[int, Range(ge=1), "τ"] = 50, xi: Annotated[float, Range(gt=0), "ξ"] = 0.6) -> None:
         super().__init__(arm_space=arm_space, seed=seed, arms=arms)
-        if int(window) != window or window < 1:
-            raise ValueError(f"sliding-window-ucb: window must be a positive integer, got {window!r}")
-        if not xi > 0:
-            raise ValueError(f"sliding-window-ucb: xi must be > 0, got {xi!r}")
+        self._check_options(locals())
         self.window = int(window)
         self.xi = xi
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 from simfed.decisions.arms import ArmSpace
 from simfed.decisions.policies.base import PerDevicePolicy
+from simfed.options import Annotated, Choices, Range
 from simfed.records import Arm
 
 PLAY_POINTS = ("centre", "uniform")
@@ -211,27 +212,19 @@ class SUCB(PerDevicePolicy):
 
     name = "sucb"
 
-    def __init__(self, *, arm_space: ArmSpace | None = None, seed: int = 0, discount: float = 0.9,
-                 exploration: float = 0.2, nu: float = 0.3, rho: float = 2 ** -0.5, play: str = "centre",
-                 max_depth: int = 10, fix_p: float | None = None, fix_r: int | None = None,
-                 discount_by: str = "visits", split_after: float = 0.0) -> None:
+    def __init__(self, *, arm_space: ArmSpace | None = None, seed: int = 0,
+                 discount: Annotated[float, Range(gt=0, le=1), "γ"] = 0.9,
+                 exploration: Annotated[float, Range(ge=0), "c"] = 0.2,
+                 nu: Annotated[float, Range(ge=0), "ν"] = 0.3,
+                 rho: Annotated[float, Range(gt=0, lt=1), "ρ"] = 2 ** -0.5,
+                 play: Annotated[str, Choices(PLAY_POINTS)] = "centre",
+                 max_depth: Annotated[int, Range(ge=0)] = 10,
+                 fix_p: Annotated[float | None, Range(ge=0)] = None,
+                 fix_r: Annotated[int | None, Range(ge=1)] = None,
+                 discount_by: Annotated[str, Choices(DISCOUNT_MODES)] = "visits",
+                 split_after: Annotated[float, Range(ge=0), "m"] = 0.0) -> None:
         super().__init__(arm_space=arm_space, seed=seed)
-        if not (split_after >= 0 and math.isfinite(split_after)):
-            raise ValueError(f"sucb: split_after must be a finite number >= 0, got {split_after!r}")
-        if discount_by not in DISCOUNT_MODES:
-            raise ValueError(f"sucb: discount_by must be one of {DISCOUNT_MODES}, got {discount_by!r}")
-        if not (0.0 < discount <= 1.0):
-            raise ValueError(f"sucb: discount (gamma) must be in (0, 1], got {discount!r}")
-        if not exploration >= 0:
-            raise ValueError(f"sucb: exploration must be >= 0, got {exploration!r}")
-        if not nu >= 0:
-            raise ValueError(f"sucb: nu must be >= 0, got {nu!r}")
-        if not (0.0 < rho < 1.0):
-            raise ValueError(f"sucb: rho must be in (0, 1), got {rho!r}")
-        if play not in PLAY_POINTS:
-            raise ValueError(f"sucb: play must be one of {PLAY_POINTS}, got {play!r}")
-        if int(max_depth) != max_depth or max_depth < 0:
-            raise ValueError(f"sucb: max_depth must be an integer >= 0, got {max_depth!r}")
+        self._check_options(locals())
         if fix_p is not None and not (0.0 <= fix_p <= self.arm_space.p_max):
             raise ValueError(f"sucb: fix_p={fix_p!r} is outside [0, p_max={self.arm_space.p_max}]")
         if fix_r is not None and not (self.arm_space.r_min <= fix_r <= self.arm_space.r_max):

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 from simfed.decisions.arms import ArmSpace
 from simfed.decisions.policies.base import DiscretePolicy, derived_seed
+from simfed.options import Annotated, Choices, Range
 from simfed.records import Arm
 
 PRIORS = ("beta", "gaussian")
@@ -95,14 +96,10 @@ class ThompsonSampling(DiscretePolicy):
     name = "thompson"
 
     def __init__(self, *, arm_space: ArmSpace | None = None, seed: int = 0, arms: Sequence[Arm] | None = None,
-                 prior: str = "beta", discount: float = 1.0, sigma: float = 0.5) -> None:
+                 prior: Annotated[str, Choices(PRIORS)] = "beta", discount: Annotated[float, Range(gt=0, le=1), "γ"] = 1.0,
+                 sigma: Annotated[float, Range(gt=0), "σ"] = 0.5) -> None:
         super().__init__(arm_space=arm_space, seed=seed, arms=arms)
-        if prior not in PRIORS:
-            raise ValueError(f"thompson: prior must be one of {PRIORS}, got {prior!r}")
-        if not (0.0 < discount <= 1.0):
-            raise ValueError(f"thompson: discount must be in (0, 1], got {discount!r}")
-        if not sigma > 0:
-            raise ValueError(f"thompson: sigma must be > 0, got {sigma!r}")
+        self._check_options(locals())
         self.prior = prior
         self.discount = discount
         self.sigma = sigma

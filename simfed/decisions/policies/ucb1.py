@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from simfed.decisions.arms import ArmSpace
 from simfed.decisions.policies.base import DiscretePolicy
+from simfed.options import Annotated, Range
 from simfed.records import Arm
 
 
@@ -57,10 +58,9 @@ class UCB1(DiscretePolicy):
     name = "ucb1"
 
     def __init__(self, *, arm_space: ArmSpace | None = None, seed: int = 0, arms: Sequence[Arm] | None = None,
-                 exploration: float = 1.0) -> None:
+                 exploration: Annotated[float, Range(ge=0), "c"] = 1.0) -> None:
         super().__init__(arm_space=arm_space, seed=seed, arms=arms)
-        if not exploration >= 0:
-            raise ValueError(f"ucb1: exploration must be >= 0, got {exploration!r}")
+        self._check_options(locals())
         self.exploration = exploration
 
     def _new_learner(self, seed: int) -> UCB1Learner:

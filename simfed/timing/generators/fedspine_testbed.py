@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from simfed.timing.generators._network import on_access_points
+from simfed.options import Annotated, Choices, OptionError, Range, check_arguments, signature_table
 from simfed.timing.generators._sampling import (
     LEVELS_5PCT,
     alternating_sessions,
@@ -81,31 +83,36 @@ def peak_flops(device_type: str, gpu_mhz: float, precision: str = "fp32") -> flo
 
 
 def generate(
-    n_devices: int | None = None,
-    seed: int = 0,
-    duration_s: float = 3600.0,
+    n_devices: Annotated[int | None, Range(ge=1)] = None,
+    seed: Annotated[int, Range(ge=0)] = 0,
+    duration_s: Annotated[float, Range(gt=0)] = 3600.0,
     *,
-    slot_s: float = 60.0,
-    mode_hold_s: float = 300.0,
-    efficiency: float = 0.3,
-    precision: str = "fp32",
-    bandwidth_scale: float = 1.0,
-    online_share: float = 1.0,
-    mean_online_s: float = 1800.0,
+    slot_s: Annotated[float, Range(gt=0)] = 60.0,
+    mode_hold_s: Annotated[float, Range(gt=0)] = 300.0,
+    efficiency: Annotated[float, Range(gt=0, le=1)] = 0.3,
+    precision: Annotated[str, Choices("fp32", "fp16")] = "fp32",
+    bandwidth_scale: Annotated[float, Range(gt=0)] = 1.0,
+    online_share: Annotated[float, Range(gt=0, le=1)] = 1.0,
+    mean_online_s: Annotated[float, Range(gt=0)] = 1800.0,
+    access_points: Annotated[int, Range(ge=0)] = 0,
+    ap_downlink_bytes_s: Annotated[float, Range(gt=0)] = 50e6,
+    ap_uplink_bytes_s: Annotated[float | None, Range(gt=0)] = None,
+    ap_duplex: Annotated[str, Choices("half", "full")] = "half",
 ) -> Population:
-    """Build the testbed. ``n_devices`` (default 80) keeps the paper's 3 : 4 : 1 TX2/NX/AGX mix."""
-    if precision not in ("fp32", "fp16"):
-        raise ValueError(f"fedspine-testbed: precision must be 'fp32' or 'fp16', got {precision!r}")
-    if not (0 < efficiency <= 1):
-        raise ValueError(f"fedspine-testbed: efficiency must be in (0, 1], got {efficiency!r}")
-    if not (0 < online_share <= 1):
-        raise ValueError(f"fedspine-testbed: online_share must be in (0, 1], got {online_share!r}")
+    """Build the testbed. ``n_devices`` (default 80) keeps the paper's 3 : 4 : 1 TX2/NX/AGX mix.
+
+    Every option's type and range is declared in the signature (:data:`OPTIONS`); ``duration_s``
+    must also be a whole number of ``slot_s`` slots.
+
+    Raises:
+        OptionError: an option of the wrong type, out of its range, or a duration that is not a
+            whole number of slots.
+    """
+    check_arguments(OPTIONS, locals(), f"{NAME}: ")
     n_slots = int(round(duration_s / slot_s))
     if n_slots < 1 or abs(n_slots * slot_s - duration_s) > 1e-9 * duration_s:
-        raise ValueError(f"fedspine-testbed: duration_s {duration_s} must be a positive multiple of slot_s {slot_s}")
+        raise OptionError(f"{NAME}: duration_s: {duration_s:g} s is not a whole number of slot_s = {slot_s:g} s slots")
     n_total = sum(MIX.values()) if n_devices is None else int(n_devices)
-    if n_total < 1:
-        raise ValueError(f"fedspine-testbed: n_devices must be >= 1, got {n_devices!r}")
     counts = split_counts(n_total, MIX)
     rng = np.random.default_rng(seed)
     times = np.arange(n_slots) * slot_s
@@ -161,8 +168,13 @@ def generate(
         "params": {
             "duration_s": duration_s, "slot_s": slot_s, "mode_hold_s": mode_hold_s, "efficiency": efficiency,
             "precision": precision, "bandwidth_scale": bandwidth_scale, "online_share": online_share,
-            "mean_online_s": mean_online_s,
+            "mean_online_s": mean_online_s, "access_points": access_points,
+            "ap_downlink_bytes_s": ap_downlink_bytes_s, "ap_uplink_bytes_s": ap_uplink_bytes_s, "ap_duplex": ap_duplex,
         },  # fmt: skip
         "sources": "traces/SCHEMA.md#fedspine-testbed",
     }
-    return Population(tuple(devices), meta)
+    shared, aps = on_access_points(devices, access_points, ap_downlink_bytes_s, ap_uplink_bytes_s, ap_duplex)
+    return Population(shared, meta, aps)
+
+
+OPTIONS = signature_table(generate, f"generator {NAME!r}")

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from simfed.timing.generators._network import on_access_points
+from simfed.options import Annotated, Choices, OptionError, Range, check_arguments, signature_table
 from simfed.timing.generators._sampling import (
     LEVELS_5PCT,
     ar1_uniforms,
@@ -103,29 +105,36 @@ def diurnal_sessions(rng: np.random.Generator, share: float, n_sessions: int) ->
 
 
 def generate(
-    n_devices: int | None = None,
-    seed: int = 0,
-    duration_s: float = 3600.0,
+    n_devices: Annotated[int | None, Range(ge=1)] = None,
+    seed: Annotated[int, Range(ge=0)] = 0,
+    duration_s: Annotated[float, Range(gt=0)] = 3600.0,
     *,
-    slot_s: float = 60.0,
-    cellular_share: float = 0.25,
-    cellular_period_s: float = 600.0,
-    cellular_up_ratio: float = 0.16,
-    mean_online_share: float = 0.408,
-    sessions_per_day: float = 8 / 6,
+    slot_s: Annotated[float, Range(gt=0)] = 60.0,
+    cellular_share: Annotated[float, Range(ge=0, le=1)] = 0.25,
+    cellular_period_s: Annotated[float, Range(ge=1)] = 600.0,
+    cellular_up_ratio: Annotated[float, Range(gt=0)] = 0.16,
+    mean_online_share: Annotated[float, Range(gt=0, lt=1)] = 0.408,
+    sessions_per_day: Annotated[float, Range(ge=1)] = 8 / 6,
     availability: bool = True,
+    access_points: Annotated[int, Range(ge=0)] = 0,
+    ap_downlink_bytes_s: Annotated[float, Range(gt=0)] = 50e6,
+    ap_uplink_bytes_s: Annotated[float | None, Range(gt=0)] = None,
+    ap_duplex: Annotated[str, Choices("half", "full")] = "half",
 ) -> Population:
-    """Build ``n_devices`` phones (default 1,000). Wi-Fi series are ``duration_s`` long in ``slot_s`` slots."""
+    """Build ``n_devices`` phones (default 1,000). Wi-Fi series are ``duration_s`` long in ``slot_s`` slots.
+
+    Every option's type and range is declared in the signature (:data:`OPTIONS`): the cellular
+    series has one value per second over ``cellular_period_s`` (at least one second); a phone
+    has at least one session a day (``sessions_per_day`` >= 1); ``duration_s`` holds at least one slot.
+
+    Raises:
+        OptionError: an option of the wrong type or out of its range.
+    """
+    check_arguments(OPTIONS, locals(), f"{NAME}: ")
     n = 1000 if n_devices is None else int(n_devices)
-    if n < 1:
-        raise ValueError(f"phones: n_devices must be >= 1, got {n_devices!r}")
-    if not (0 <= cellular_share <= 1):
-        raise ValueError(f"phones: cellular_share must be in [0, 1], got {cellular_share!r}")
-    if not (0 < mean_online_share < 1):
-        raise ValueError(f"phones: mean_online_share must be in (0, 1), got {mean_online_share!r}")
     n_slots = int(round(duration_s / slot_s))
     if n_slots < 1:
-        raise ValueError(f"phones: duration_s {duration_s} must be at least one slot of {slot_s} s")
+        raise OptionError(f"{NAME}: duration_s: {duration_s:g} s is shorter than one slot of slot_s = {slot_s:g} s")
     rng = np.random.default_rng(seed)
 
     u_score, u_ram = copula_uniforms(rng, n, SCORE_RAM_COPULA_RHO)
@@ -188,8 +197,14 @@ def generate(
             "duration_s": duration_s, "slot_s": slot_s, "cellular_share": cellular_share,
             "cellular_period_s": cellular_period_s, "cellular_up_ratio": cellular_up_ratio,
             "mean_online_share": mean_online_share, "sessions_per_day": sessions_per_day, "availability": availability,
+            "access_points": access_points, "ap_downlink_bytes_s": ap_downlink_bytes_s,
+            "ap_uplink_bytes_s": ap_uplink_bytes_s, "ap_duplex": ap_duplex,
         },  # fmt: skip
         "score_to_flops": {"log_a": a, "b": b},
         "sources": "traces/SCHEMA.md#phones",
     }
-    return Population(tuple(devices), meta)
+    shared, aps = on_access_points(devices, access_points, ap_downlink_bytes_s, ap_uplink_bytes_s, ap_duplex)
+    return Population(shared, meta, aps)
+
+
+OPTIONS = signature_table(generate, f"generator {NAME!r}")

@@ -15,11 +15,21 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
+from simfed.options import Annotated, Range
 from simfed.timing.traces import TraceError
 
 DEFAULT_RAM_BYTES = 4.0 * 1024**3
+
+# option types shared by the importers' signatures (simfed.options reads them)
+Positive = Annotated[float, Range(gt=0)]
+PositiveOrNone = Annotated[float | None, Range(gt=0)]
+NonNegative = Annotated[float, Range(ge=0)]
+NonNegativeOrNone = Annotated[float | None, Range(ge=0)]
+Count = Annotated[int | None, Range(ge=1)]
 
 
 def default_phone_flops() -> float:
@@ -29,14 +39,31 @@ def default_phone_flops() -> float:
     return math.exp(a + b * math.log(AI_SCORE_Q[10]))  # the median score
 
 
-def positive_option(name: str, value, fmt: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TraceError(f"{fmt}: option {name!r} must be a number, got {value!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise TraceError(f"{fmt}: option {name!r} must be a positive finite number, got {value!r}")
-    return v
+def unique_ids(ids: Iterable[str], raw: Iterable[object], where: str, what: str = "entries") -> list[str]:
+    """``ids`` as a list, after checking that no two entries map to the same device id.
+
+    ``raw`` are the source's own keys (a pickle may hold both ``7`` and ``"7"``, which are
+    different keys but the same device id).
+
+    Raises:
+        TraceError: two entries map to one id (names both source keys and the id).
+    """
+    seen: dict[str, object] = {}
+    out = []
+    for did, key in zip(ids, raw):
+        if did in seen:
+            raise TraceError(f"{where}: {what} {seen[did]!r} and {key!r} would both become device id {did!r}")
+        seen[did] = key
+        out.append(did)
+    return out
+
+
+def report_dropped(fmt: str, n_dropped: int, n_total: int, why: str) -> None:
+    """Warn (one :class:`~simfed.errors.SimfedWarning`) that an import left out entries, with their count."""
+    if n_dropped:
+        from simfed.errors import SimfedWarning
+
+        warnings.warn(f"{fmt}: {n_dropped} of {n_total} entries dropped: {why}", SimfedWarning, stacklevel=3)
 
 
 def existing_file(path: str | os.PathLike, fmt: str) -> Path:

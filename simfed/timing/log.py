@@ -1,0 +1,177 @@
+"""The event log: every simulated event of a run, kept as columns and turned into records on demand.
+
+One round's events follow from its closed :class:`~simfed.timing.round.TimingColumns` and its
+:class:`~simfed.timing.round.RoundTiming` (:func:`log_round`), whichever path simulated it, so both
+paths write the same log. Within a round the canonical order is (time, kind, population position), with
+kinds in the order of :data:`EVENT_KINDS`; server events have position -1.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from simfed.records import Arm, Event, Outcome
+from simfed.timing.round import OUTCOME_CODE, RoundTiming, TimingColumns
+
+# Canonical order of events that share a time stamp: the server's one-shot pruning before the first round,
+# the round's start and selection, a device's phases, the close's outcomes, then the server's own phases.
+EVENT_KINDS: tuple[str, ...] = (
+    "prune_end",
+    "round_start",
+    "select",
+    "online",
+    "download_end",
+    "oom",
+    "compute_end",
+    "upload_end",
+    "failed",
+    "offline",
+    "late",
+    "straggler",
+    "unavailable",
+    "aggregate_end",
+    "evaluate_end",
+    "round_end",
+)
+KIND_RANK: dict[str, int] = {k: i for i, k in enumerate(EVENT_KINDS)}
+_SELECT = KIND_RANK["select"]
+
+
+@functools.lru_cache(maxsize=4096)
+def arm_detail(arm: Arm) -> str:
+    """The ``select`` event's detail (cached: a run plays few distinct arms)."""
+    return f"p={arm.p:g} r={arm.r}"
+
+
+class EventLog:
+    """The event log as columns, one chunk per round; :class:`~simfed.records.Event` objects on demand.
+
+    Building a quarter of a million ``Event`` objects costs as much as simulating them at 10^4
+    devices; a run that writes its log to a table, or never reads it, needs none. So each round's
+    events are stored as arrays and :meth:`columns` and :meth:`events` sort and expand on first use.
+    """
+
+    def __init__(self, device_ids: Sequence[str]) -> None:
+        self.device_ids = device_ids
+        self._chunks: list[tuple] = []
+        self._n = 0
+        self._columns: dict[str, np.ndarray] | None = None
+        self._events: list[Event] | None = None
+
+    def add_round(
+        self,
+        round_: int,
+        select_s: float,
+        selected: np.ndarray,
+        arms: Sequence[Arm] | None,
+        time_s: np.ndarray,
+        kind: np.ndarray,
+        position: np.ndarray,
+        details: Mapping[tuple[int, int], str],
+    ) -> None:
+        """One round's events: ``selected`` positions were selected at ``select_s`` playing ``arms``
+        (aligned; None gives empty details); the other events are rows of ``time_s``/``kind``/
+        ``position`` (-1 for server events); ``details`` maps (kind code, position) to a detail."""
+        self._chunks.append((round_, float(select_s), np.asarray(selected, dtype=np.int64), arms, time_s, kind, position, details))
+        self._n += len(selected) + len(time_s)
+        self._columns = self._events = None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _sorted_chunks(self):
+        for r, t_sel, selected, arms, t, kind, pos, details in self._chunks:
+            n_sel = len(selected)
+            tt = np.concatenate([np.full(n_sel, t_sel), np.asarray(t, dtype=float)])
+            kk = np.concatenate([np.full(n_sel, _SELECT, dtype=np.int64), np.asarray(kind, dtype=np.int64)])
+            pp = np.concatenate([selected, np.asarray(pos, dtype=np.int64)])
+            order = np.lexsort((pp, kk, tt))
+            yield r, selected, arms, tt[order], kk[order], pp[order], details
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The whole log as sorted arrays: ``time_s``, ``round``, ``position`` (-1: server), ``kind``
+        (a code into :data:`EVENT_KINDS`). Details are only in :meth:`events`."""
+        if self._columns is None:
+            parts = [(t, np.full(len(t), r, dtype=np.int64), p, k) for r, _, _, t, k, p, _ in self._sorted_chunks()]
+            if parts:
+                cols = [np.concatenate(c) for c in zip(*parts)]
+            else:
+                cols = [np.empty(0), np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)]
+            self._columns = dict(zip(("time_s", "round", "position", "kind"), cols))
+        return self._columns
+
+    def events(self) -> list[Event]:
+        """The canonical log as :class:`~simfed.records.Event` records (built once, then cached)."""
+        if self._events is None:
+            ids = self.device_ids
+            out: list[Event] = []
+            gc_was_on = gc.isenabled()
+            gc.disable()  # a quarter of a million records and no cycles: the collector's passes only cost time
+            try:
+                for r, selected, arms, t, k, p, details in self._sorted_chunks():
+                    sel_detail = dict(zip(selected.tolist(), map(arm_detail, arms))) if arms is not None else {}
+                    for ti, ki, pi in zip(t.tolist(), k.tolist(), p.tolist()):
+                        if ki == _SELECT:
+                            detail = sel_detail.get(pi, "")
+                        else:
+                            detail = details.get((ki, pi), "") if details else ""
+                        out.append(Event(ti, r, ids[pi] if pi >= 0 else "", EVENT_KINDS[ki], detail))
+            finally:
+                if gc_was_on:
+                    gc.enable()
+            self._events = out
+        return self._events
+
+
+def log_round(log: EventLog, ram_bytes: np.ndarray, rt: RoundTiming, cols: TimingColumns, arms,
+              prune_end_s: float | None = None, failed: Mapping[str, str] | None = None) -> None:
+    """One closed round's events, from its timing columns (no per-device loop): what happened by the close,
+    then the server's phases. ``prune_end_s`` (round 0 only) is when the server's one-shot pruning ended."""
+    t_end = cols.close_s
+    pos = cols.positions
+    out = cols.outcome
+    times: list[np.ndarray] = []
+    kinds: list[np.ndarray] = []
+    where: list[np.ndarray] = []
+
+    def server(time_s: float, kind: str) -> None:
+        times.append(np.array([time_s]))
+        kinds.append(np.array([KIND_RANK[kind]]))
+        where.append(np.array([-1]))
+
+    def add(mask: np.ndarray, time_s: np.ndarray | float, kind: str) -> None:
+        times.append(np.broadcast_to(time_s, mask.shape)[mask])
+        kinds.append(np.full(int(mask.sum()), KIND_RANK[kind]))
+        where.append(pos[mask])
+
+    if prune_end_s is not None:
+        server(prune_end_s, "prune_end")
+    server(rt.start_s, "round_start")
+    for kind, col in (("online", cols.ready_s), ("download_end", cols.download_end_s),
+                      ("compute_end", cols.compute_end_s), ("upload_end", cols.upload_end_s)):
+        add(~np.isnan(col), col, kind)
+    is_oom = out == OUTCOME_CODE[Outcome.OOM]
+    add(is_oom, cols.end_s, "oom")
+    add(out == OUTCOME_CODE[Outcome.OFFLINE], cols.end_s, "offline")
+    add(out == OUTCOME_CODE[Outcome.FAILED], cols.end_s, "failed")
+    for o, kind in ((Outcome.LATE, "late"), (Outcome.STRAGGLER, "straggler"), (Outcome.UNAVAILABLE, "unavailable")):
+        add(out == OUTCOME_CODE[o], t_end, kind)
+    if rt.aggregate_end_s > rt.close_s:
+        server(rt.aggregate_end_s, "aggregate_end")
+    if rt.end_s > rt.aggregate_end_s:
+        server(rt.end_s, "evaluate_end")
+    server(rt.end_s, "round_end")
+    details = {
+        (KIND_RANK["oom"], p): f"need={m:.0f}B ram={ram_bytes[p]:.0f}B"
+        for p, m in zip(pos[is_oom].tolist(), cols.memory_bytes[is_oom].tolist())
+    }
+    if failed:
+        fail = out == OUTCOME_CODE[Outcome.FAILED]
+        for p in pos[fail].tolist():
+            details[(KIND_RANK["failed"], p)] = failed[log.device_ids[p]]
+    details[(KIND_RANK["round_end"], -1)] = f"reason={rt.reason} ok={rt.n_ok}/{rt.n_selected}"
+    log.add_round(rt.round, rt.select_s, pos, arms, np.concatenate(times), np.concatenate(kinds), np.concatenate(where), details)
