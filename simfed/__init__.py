@@ -11,3 +11,10 @@ the kept structure, the one rule time and accuracy both follow.
 """
 
 __version__ = "0.1.0"
+
+
+def run(*args, **kwargs):
+    """Run one configuration and return its tables: :func:`simfed.api.run` (imported on first use)."""
+    from simfed.api import run as _run
+
+    return _run(*args, **kwargs)

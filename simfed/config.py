@@ -61,6 +61,10 @@ class ModelConfig:
     # The tiny preset's pre-training corpus: "milton" (a domain shift that federated tuning has to close)
     # or "shakespeare" (plays disjoint from the clients'); docs/accuracy.md, "Pre-training corpus".
     pretrain_corpus: str = "milton"
+    # A local LLaMA-family checkpoint to train instead of the preset's weights: a transformers directory
+    # (config.json + safetensors/bin weights + tokenizer files) or a .gguf file; loaded offline, relative to
+    # this file. `preset` (or `timing_preset`) still names the shape the time layer costs. docs/accuracy.md.
+    path: str = ""
 
 
 @dataclass
@@ -94,6 +98,15 @@ class TrainConfig:
     seq_len: int = 80  # characters per sequence (LEAF's Shakespeare setting)
     lr: float = 2e-3  # AdamW on the LoRA factors
     eval_every: int = 5  # evaluate the global model every this many rounds (and always at the end)
+    # Where training, evaluation, pruning and aggregation run: auto (a GPU torch sees, else the CPU), cpu,
+    # cuda, cuda:N or mps. Results are bit-identical per device type for a seed, not across types.
+    device: str = "auto"
+    # float32, or mixed precision bfloat16 / float16 (frozen weights in that type, LoRA and optimizer in
+    # float32; float16 with a loss scaler), where the device supports it. docs/accuracy.md.
+    dtype: str = "float32"
+    # CPU only: train a round's devices in this many worker processes (one torch thread each); the results
+    # are bit-identical to 1 (one process). Each worker holds a copy of the base model.
+    workers: int = 1
 
 
 @dataclass
@@ -104,6 +117,9 @@ class EngineOptions:
     overcommit: float = 1.0  # FedScale-style: sample participants × overcommit, keep the first participants
     deadline_s: float = 0.0  # simulated seconds after the round start when late work is discarded (0 = none)
     max_concurrent_transfers: int = 0  # server-side connection slots that transfers queue for (0 = unlimited)
+    # Share of the devices whose events go to events.parquet (each device by a hash of its id and the seed; server
+    # events always): 1 logs every device; large populations log a sample (docs/experiments.md §3).
+    log_sample: float = 1.0
 
 
 @dataclass
@@ -130,6 +146,7 @@ class PolicyConfig:
     r_min: int = 2  # smallest LoRA rank
     r_max: int = 32  # largest LoRA rank
     rank: int = 8  # the one rank of single-rank methods (prune-then-tune, uniform, fedmp)
+    name: str = ""  # replaces the method's own policy: a registered policy or module:Class ("" = the method's)
     params: dict = field(default_factory=dict)  # options of the method's policy (e.g. discount, S-UCB's γ)
     method_params: dict = field(default_factory=dict)  # recipe parameters (rounds_to_target, ranks_by_type, n_p)
     reward: dict = field(default_factory=dict)  # reward weights (names as in simfed.decisions.reward)
@@ -154,6 +171,7 @@ class RunConfig:
     name: str = ""  # free label, copied into the summary
     mode: str = "full"  # "full": real training; "timing": the time layer and the policies only
     method: str = "fedspine"  # a method of simfed.decisions.methods
+    aggregator: str = ""  # replaces the method's aggregator: a registered name or module:Class ("" = the method's)
     seed: int = 0  # root seed; every random component gets its own stream spawned from it
     s_star: float = 0.5  # target sparsity every device ends at
     rounds: int = 50
@@ -274,11 +292,24 @@ def _validate(cfg: RunConfig) -> None:
     need(tr.seq_len >= 2, "train.seq_len", "must be >= 2", tr.seq_len)
     need(tr.lr > 0, "train.lr", "must be > 0", tr.lr)
     need(tr.eval_every >= 1, "train.eval_every", "must be >= 1", tr.eval_every)
+    from simfed.accuracy.device import DTYPES, check_device_name  # light: names only, no hardware query
+
+    try:
+        check_device_name(tr.device)
+    except ValueError:
+        need(False, "train.device", "must be auto, cpu, cuda, cuda:N (a GPU index) or mps", tr.device)
+    need(tr.dtype in DTYPES, "train.dtype", f"must be one of {', '.join(DTYPES)}", tr.dtype)
+    need(tr.workers >= 1, "train.workers", "must be >= 1 (1 = train in this process)", tr.workers)
+    if cfg.model.path:
+        mp = Path(cfg.model.path)
+        need(mp.is_dir() or (mp.is_file() and mp.suffix == ".gguf"), "model.path",
+             "must be a transformers checkpoint directory or a .gguf file that exists", cfg.model.path)
     e = cfg.engine
     need(e.participants >= 0, "engine.participants", "must be >= 0 (0 = all devices)", e.participants)
     need(e.overcommit >= 1.0, "engine.overcommit", "must be >= 1", e.overcommit)
     need(e.deadline_s >= 0.0, "engine.deadline_s", "must be >= 0 (0 = no deadline)", e.deadline_s)
     need(e.max_concurrent_transfers >= 0, "engine.max_concurrent_transfers", "must be >= 0", e.max_concurrent_transfers)
+    need(0.0 <= e.log_sample <= 1.0, "engine.log_sample", "must be in [0, 1]", e.log_sample)
     sv = cfg.server
     need(sv.flops > 0, "server.flops", "must be > 0 (FLOP/s)", sv.flops)
     need(sv.downlink >= 0, "server.downlink", "must be >= 0 bytes/s (0 = unlimited)", sv.downlink)
@@ -324,6 +355,8 @@ def from_dict(data: dict, *, base_dir: Path | None = None) -> RunConfig:
             cfg.traces.dir = str((base_dir / cfg.traces.dir).resolve())
         if cfg.model.cache_dir and not Path(cfg.model.cache_dir).is_absolute():
             cfg.model.cache_dir = str((base_dir / cfg.model.cache_dir).resolve())
+        if cfg.model.path and not Path(cfg.model.path).is_absolute():
+            cfg.model.path = str((base_dir / cfg.model.path).resolve())
     _validate(cfg)
     return cfg
 

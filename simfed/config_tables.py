@@ -7,11 +7,11 @@ the dotted key and what is accepted:
 
 - ``traces.generator_args``: the options of ``traces.generator`` (its signature in
   :mod:`simfed.timing.generators`); ``seed`` comes from ``traces.seed``;
-- ``policy.method_params``: the recipe parameters of the methods (:attr:`Recipe.params
-  <simfed.decisions.methods.Recipe.params>`); ``rank`` and ``s_star`` come from ``policy.rank`` and
+- ``policy.method_params``: the parameters of the methods (:attr:`Method.params
+  <simfed.decisions.methods.base.Method.params>`); ``rank`` and ``s_star`` come from ``policy.rank`` and
   ``s_star``;
-- ``policy.params``: the options of the methods' policies (:meth:`Recipe.policy_options
-  <simfed.decisions.methods.Recipe.policy_options>`), e.g. S-UCB's ``discount`` (γ), ``nu`` (ν);
+- ``policy.params``: the options of the methods' policies (:meth:`Method.policy_options
+  <simfed.decisions.methods.base.Method.policy_options>`), e.g. S-UCB's ``discount`` (γ), ``nu`` (ν);
 - ``policy.reward``: the fields of :class:`~simfed.decisions.reward.RewardWeights`.
 
 One file may drive a sweep over several methods, so ``policy.method_params`` and ``policy.params``
@@ -33,18 +33,20 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["check_tables", "warn_unread"]
 
 
-def _methods():
-    from simfed.decisions.methods import METHODS
+def _methods(cfg: "RunConfig | None" = None) -> dict:
+    """The registered methods, plus the run's own methods named by import path (``module:Class``)."""
+    from simfed.decisions.methods import METHODS, get_method
 
-    return METHODS
-
-
-def _check_methods(cfg: "RunConfig") -> None:
-    methods = _methods()
-    named = [("method", cfg.method)] + [(f"sweep.methods[{i}]", m) for i, m in enumerate(cfg.sweep.methods)]
-    for key, name in named:
-        if name not in methods:
-            raise OptionError(f"{key}: unknown method {name!r} (known: {', '.join(methods)})")
+    out = dict(METHODS)
+    if cfg is not None:
+        named = [("method", cfg.method)] + [(f"sweep.methods[{i}]", m) for i, m in enumerate(cfg.sweep.methods)]
+        for key, name in named:
+            if name not in out:
+                try:
+                    out[name] = get_method(name)
+                except OptionError as exc:
+                    raise OptionError(f"{key}: {exc}") from None
+    return out
 
 
 def _check_generator(cfg: "RunConfig") -> None:
@@ -85,6 +87,18 @@ def _check_shared(values: dict, prefix: str, tables: dict, run: list[str]) -> No
             t.options[key].check(value, f"{prefix}{key}")
 
 
+def _policy_table(spec: str):
+    """The options of the policy ``policy.name`` names (a registered name or module:Class)."""
+    from simfed.decisions.policies import POLICIES, Policy
+    from simfed.plugins import load_class
+
+    if spec in POLICIES:
+        return POLICIES[spec].options()
+    if ":" in spec:
+        return load_class(spec, Policy, "policy.name").options()
+    raise OptionError(f"policy.name: unknown policy {spec!r} (known: {', '.join(POLICIES)}, or a module:Class of your own)")
+
+
 def _check_reward(cfg: "RunConfig") -> None:
     from simfed.decisions.reward import RewardWeights
     from simfed.options import signature_table
@@ -103,21 +117,23 @@ def check_tables(cfg: "RunConfig") -> None:
     Raises:
         OptionError: the first unknown method, key or bad value; the message starts with the dotted key.
     """
-    _check_methods(cfg)
+    methods = _methods(cfg)
     _check_generator(cfg)
-    methods = _methods()
     run = list(dict.fromkeys([cfg.method, *cfg.sweep.methods]))
     _check_shared(cfg.policy.method_params, "policy.method_params.",
                   {name: r.param_options() for name, r in methods.items()}, run)
-    _check_shared(cfg.policy.params, "policy.params.", {name: r.policy_options() for name, r in methods.items()}, run)
+    if cfg.policy.name:  # a replacement policy takes policy.params
+        _policy_table(cfg.policy.name).check(cfg.policy.params, "policy.params.")
+    else:
+        _check_shared(cfg.policy.params, "policy.params.", {name: r.policy_options() for name, r in methods.items()}, run)
     _check_reward(cfg)
     _check_one_rank(cfg, [methods[m] for m in run])
 
 
-def _check_one_rank(cfg: "RunConfig", recipes: list) -> None:
+def _check_one_rank(cfg: "RunConfig", methods: list) -> None:
     """A method that reads ``rank`` draws it from the arm space: it must lie in [r_min, r_max]."""
     p = cfg.policy
-    users = [r.name for r in recipes if "rank" in r.param_options()]
+    users = [m.name for m in methods if "rank" in m.param_options()]
     if users and not (p.r_min <= p.rank <= p.r_max):
         raise OptionError(f"policy.rank: {p.rank} is outside [policy.r_min, policy.r_max] = [{p.r_min}, {p.r_max}], "
                           f"the ranks method {', '.join(repr(u) for u in users)} may use")
@@ -129,15 +145,15 @@ def warn_unread(cfg: "RunConfig", where: str = "") -> None:
     The run's methods are ``method`` and ``sweep.methods``: a key that only another method reads is
     legal (a shared sweep file) but has no effect on this run.
     """
-    methods = _methods()
-    run = [methods[m] for m in dict.fromkeys([cfg.method, *cfg.sweep.methods]) if m in methods]
-    names = ", ".join(repr(r.name) for r in run)
-    for prefix, values, tables in (
-        ("policy.method_params.", cfg.policy.method_params, {r.name: r.param_options() for r in methods.values()}),
-        ("policy.params.", cfg.policy.params, {r.name: r.policy_options() for r in methods.values()}),
-    ):
+    methods = _methods(cfg)
+    run = [m for m in dict.fromkeys([cfg.method, *cfg.sweep.methods]) if m in methods]
+    names = ", ".join(repr(m) for m in run)
+    checks = [("policy.method_params.", cfg.policy.method_params, {k: c.param_options() for k, c in methods.items()})]
+    if not cfg.policy.name:  # a replacement policy reads every key of policy.params (checked above)
+        checks.append(("policy.params.", cfg.policy.params, {k: c.policy_options() for k, c in methods.items()}))
+    for prefix, values, tables in checks:
         for key in values:
-            if any(key in tables[r.name] for r in run):
+            if any(key in tables[m] for m in run):
                 continue
             readers = ", ".join(name for name, t in tables.items() if key in t)
             warnings.warn(f"{where}{prefix}{key}: ignored: not read by method {names} (read by: {readers})",

@@ -57,25 +57,46 @@ def merged(model: Model, delta: Delta | None) -> Iterator[Model]:
                         f"update for layer {key[0]} module {key[1]!r} has shape {tuple(d.shape)}, "
                         f"the device's pruned weight is {tuple(lin.weight.shape)}"
                     )
-                saved[key] = lin.weight.data
-                lin.weight.data = lin.weight.data + d.to(lin.weight.dtype)
+                w = lin.weight.data
+                saved[key] = w
+                if w.dtype == torch.float32:
+                    lin.weight.data = w + d.to(device=w.device, dtype=w.dtype)
+                else:  # a bf16/fp16 base: add in float32, round the sum once (what merging for deployment does)
+                    lin.weight.data = (w.float() + d.to(device=w.device, dtype=torch.float32)).to(w.dtype)
         yield model
     finally:
         for key, w in saved.items():
             linears[key].weight.data = w
 
 
+LOGITS_BUDGET = 1 << 25  # logits elements per evaluation batch (128 MiB in float32)
+
+
+def eval_batch_size(seq_len: int, vocab_size: int, cap: int = 64) -> int:
+    """Windows per evaluation batch: ``cap``, fewer when the ``[batch, seq_len, vocab]`` logits would pass
+    :data:`LOGITS_BUDGET` elements (SmolLM2's 49 152-token vocabulary: 10 windows of 64 tokens)."""
+    return max(1, min(cap, LOGITS_BUDGET // max(1, seq_len * vocab_size)))
+
+
 @torch.inference_mode()
-def evaluate_tokens(model: Model, tokens: torch.Tensor, seq_len: int, batch_size: int = 64) -> EvalResult:
-    """Loss and accuracy of ``model`` on one encoded text."""
+def evaluate_tokens(model: Model, tokens: torch.Tensor, seq_len: int, batch_size: int | None = None) -> EvalResult:
+    """Loss and accuracy of ``model`` on one encoded text (CPU token ids; batches go to the model's device).
+
+    ``batch_size`` windows per forward (default :func:`eval_batch_size`); the result does not depend on
+    it beyond float rounding of the sum. Under mixed precision call it inside the autocast context
+    (:meth:`simfed.accuracy.device.Precision.autocast`); the loss is taken in float32.
+    """
     x, y = eval_windows(tokens, seq_len)
+    if batch_size is None:
+        batch_size = eval_batch_size(x.shape[1], model.config.vocab_size)
+    device = model.embed.weight.device
     loss_sum, correct, n = 0.0, 0, 0
     was_training = model.training
     model.eval()
     for i in range(0, len(x), batch_size):
-        logits, _ = model(x[i : i + batch_size])
-        yb = y[i : i + batch_size]
-        loss_sum += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1), reduction="sum"))
+        logits, _ = model(x[i : i + batch_size].to(device))
+        yb = y[i : i + batch_size].to(device)
+        loss_sum += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), yb.reshape(-1), reduction="sum"))
         correct += int((logits.argmax(-1) == yb).sum())
         n += yb.numel()
     model.train(was_training)

@@ -16,6 +16,7 @@ the slicing from full-model, full-rank factors.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -34,18 +35,33 @@ def lora_scale(rank: int, alpha: float = DEFAULT_ALPHA) -> float:
     return alpha / math.sqrt(rank)
 
 
-def adapted_linears(model: Model) -> dict[tuple[int, str], Linear]:
-    """(layer, module) -> the linear carrying that adapter."""
-    return {(i, m): block.linear(m) for i, block in enumerate(model.layers) for m in MODULES}
+def adapted_linears(model: Model, modules: Sequence[str] = MODULES) -> dict[tuple[int, str], Linear]:
+    """(layer, module) -> the linear carrying that adapter, for the ``modules`` of every layer (default: all seven)."""
+    return {(i, m): block.linear(m) for i, block in enumerate(model.layers) for m in MODULES if m in modules}
+
+
+def check_modules(modules: Sequence[str]) -> tuple[str, ...]:
+    """``modules`` in :data:`MODULES` order; ``ValueError`` for an empty list, an unknown name or a repeat."""
+    unknown = [m for m in modules if m not in MODULES]
+    if unknown or not modules or len(set(modules)) != len(modules):
+        raise ValueError(f"LoRA modules must be distinct names among {', '.join(MODULES)}, got {list(modules)}")
+    return tuple(m for m in MODULES if m in modules)
 
 
 def init_factors(
-    shape: ModelShape, kept: Kept, rank: int, generator: torch.Generator, alpha: float = DEFAULT_ALPHA
+    shape: ModelShape,
+    kept: Kept,
+    rank: int,
+    generator: torch.Generator,
+    alpha: float = DEFAULT_ALPHA,
+    modules: Sequence[str] = MODULES,
 ) -> LoRAFactors:
-    """Fresh factors in a structure: ``A`` Kaiming-uniform, ``B`` zero (the adapter starts as a no-op)."""
+    """Fresh factors in a structure on the ``modules`` of every layer: ``A`` Kaiming-uniform, ``B`` zero
+    (the adapter starts as a no-op)."""
     factors = LoRAFactors(rank=rank, scale=lora_scale(rank, alpha))
+    modules = check_modules(modules)
     for layer in range(shape.n_layers):
-        for m in MODULES:
+        for m in modules:
             d_out, d_in = _kept_dims(shape, kept, layer, m)
             bound = 1.0 / math.sqrt(d_in)  # kaiming_uniform_(a=sqrt(5)) on a [r, d_in] matrix
             factors.A[(layer, m)] = (torch.rand(rank, d_in, generator=generator) * 2 - 1) * bound
@@ -85,14 +101,17 @@ def slice_factors(full: LoRAFactors, shape: ModelShape, kept: Kept, rank: int, a
     return out
 
 
-def load_factors(model: Model, factors: LoRAFactors) -> list[nn.Parameter]:
-    """Attach ``factors`` (copied) to the model as trainable adapters; returns the LoRA parameters.
+def load_factors(model: Model, factors: LoRAFactors, modules: Sequence[str] = MODULES) -> list[nn.Parameter]:
+    """Attach ``factors`` (copied) to the ``modules`` of every layer as trainable adapters; returns the LoRA
+    parameters. The factors are copied to the model's device as float32 (master weights: under mixed
+    precision only the frozen base is stored in the low-precision type).
 
     Shapes must match the model's current (pruned) structure exactly: a mismatch means the server
-    sent factors for a different structure, which is an error, not something to pad over.
+    sent factors for a different structure, which is an error, not something to pad over. Raises
+    ``KeyError`` when ``factors`` lacks one of the linears.
     """
     params: list[nn.Parameter] = []
-    for key, lin in adapted_linears(model).items():
+    for key, lin in adapted_linears(model, check_modules(modules)).items():
         if key not in factors.A:
             raise KeyError(f"LoRA factors lack layer {key[0]} module {key[1]!r}")
         A, B = factors.A[key], factors.B[key]
@@ -102,19 +121,22 @@ def load_factors(model: Model, factors: LoRAFactors) -> list[nn.Parameter]:
                 f"LoRA factors for layer {key[0]} module {key[1]!r} have A{tuple(A.shape)} B{tuple(B.shape)}, "
                 f"the model needs A({factors.rank}, {d_in}) B({d_out}, {factors.rank})"
             )
-        lin.lora_A = nn.Parameter(A.detach().clone().to(lin.weight.dtype))
-        lin.lora_B = nn.Parameter(B.detach().clone().to(lin.weight.dtype))
+        lin.lora_A = nn.Parameter(A.detach().to(device=lin.weight.device, dtype=torch.float32, copy=True))
+        lin.lora_B = nn.Parameter(B.detach().to(device=lin.weight.device, dtype=torch.float32, copy=True))
         lin.lora_scale = float(factors.scale)
         params += [lin.lora_A, lin.lora_B]
     return params
 
 
 def read_factors(model: Model) -> LoRAFactors:
-    """The model's current adapters as detached :class:`LoRAFactors` (in its current structure)."""
-    linears = adapted_linears(model)
-    first = next(iter(linears.values()))
-    if first.lora_A is None:
+    """The model's current adapters as detached :class:`LoRAFactors` (in its current structure, on its device).
+
+    Only the linears that carry an adapter are read; ``ValueError`` when none does.
+    """
+    linears = {key: lin for key, lin in adapted_linears(model).items() if lin.lora_A is not None}
+    if not linears:
         raise ValueError("the model carries no LoRA adapters")
+    first = next(iter(linears.values()))
     out = LoRAFactors(rank=first.lora_A.shape[0], scale=first.lora_scale)
     for key, lin in linears.items():
         out.A[key] = lin.lora_A.detach().clone()
@@ -140,6 +162,7 @@ __all__ = [
     "IN_PRUNED",
     "OUT_PRUNED",
     "adapted_linears",
+    "check_modules",
     "init_factors",
     "load_factors",
     "lora_scale",

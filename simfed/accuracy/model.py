@@ -21,6 +21,7 @@ Contract (other modules depend on it):
 from __future__ import annotations
 
 import math
+from copy import deepcopy
 from dataclasses import dataclass
 from typing import Callable
 
@@ -139,6 +140,7 @@ class Attention(nn.Module):
         q = self.q(x).view(B, T, n_heads, hd).transpose(1, 2)  # (B, nh, T, hd)
         k = self.k(x).view(B, T, n_kv, hd).transpose(1, 2)  # (B, nkv, T, hd)
         v = self.v(x).view(B, T, n_kv, hd).transpose(1, 2)
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)  # float32 tables; a no-op unless under mixed precision
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         if n_kv != n_heads:  # each KV head serves n_heads // n_kv consecutive query heads
@@ -224,12 +226,24 @@ class Model(nn.Module):
         logits = F.linear(self.norm(x), self.output_weight())  # (B, T, V)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
+            # float(): under mixed precision the logits are bf16/fp16, the loss is taken in float32
+            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]).float(), targets.reshape(-1))
         return logits, loss
 
     def num_params(self) -> int:
         """Base-model parameters (LoRA adapters excluded; the tied head counted once)."""
         return sum(p.numel() for name, p in self.named_parameters() if "lora_" not in name)
+
+    def share_copy(self) -> "Model":
+        """A new model object whose parameters and buffers *are* this model's (no tensor is copied).
+
+        A device's model starts as this: pruning (:meth:`prune_to`) and LoRA attach new tensors to the
+        copy's own modules and never write into the shared ones, so devices cost memory only for what
+        they have pruned. Gradients on a shared parameter (one-shot Taylor scoring) land on the shared
+        tensor: callers clear them after use, as :class:`~simfed.accuracy.train.Trainer` does.
+        """
+        memo: dict[int, object] = {id(t): t for t in list(self.parameters()) + list(self.buffers())}
+        return deepcopy(self, memo)
 
     def freeze_base(self) -> None:
         """Make every base-model parameter frozen (LoRA tuning trains adapters only)."""
@@ -270,6 +284,7 @@ SelectHook = Callable[[nn.Parameter, nn.Parameter, int, torch.Tensor], None]
 
 
 def _select(param: nn.Parameter, dim: int, index: torch.Tensor, hook: SelectHook | None) -> nn.Parameter:
+    index = index.to(param.device)
     new = nn.Parameter(param.detach().index_select(dim, index).contiguous(), requires_grad=param.requires_grad)
     if hook is not None:
         hook(param, new, dim, index)

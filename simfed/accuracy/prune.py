@@ -35,16 +35,30 @@ LayerScores = tuple[torch.Tensor, torch.Tensor]
 Criterion = Callable[[Model], list[LayerScores]]
 
 
+ATTENTION_MODULES: tuple[str, ...] = ("q", "k", "v", "o")  # the linears a KV group owns rows/columns of
+MLP_MODULES: tuple[str, ...] = ("gate", "up", "down")  # the linears an MLP channel owns a row/column of
+
+
 def _group_sums(block: Block, head_dim: int, elem: dict[str, torch.Tensor]) -> LayerScores:
-    """Sum element importances ``elem[module]`` (``[out, in]``) over KV groups and MLP channels."""
+    """Sum element importances ``elem[module]`` (``[out, in]``) over KV groups and MLP channels.
+
+    ``elem`` may hold a subset of the seven linears (LoRA on some targets only: ``lora-grad`` sees only
+    adapted linears); each kind needs at least one of its linears, else ``ValueError``.
+    """
     n_kv = block.attn.k.weight.shape[0] // head_dim
-    q_rows = elem["q"].sum(1).view(n_kv, -1).sum(1)  # a group's q rows are contiguous
-    k_rows = elem["k"].sum(1).view(n_kv, -1).sum(1)
-    v_rows = elem["v"].sum(1).view(n_kv, -1).sum(1)
-    o_cols = elem["o"].sum(0).view(n_kv, -1).sum(1)
-    groups = q_rows + k_rows + v_rows + o_cols
-    channels = elem["gate"].sum(1) + elem["up"].sum(1) + elem["down"].sum(0)
-    return groups, channels
+    if not any(m in elem for m in ATTENTION_MODULES) or not any(m in elem for m in MLP_MODULES):
+        raise ValueError(
+            f"importance needs at least one attention linear ({', '.join(ATTENTION_MODULES)}) and one MLP linear "
+            f"({', '.join(MLP_MODULES)}); got only {sorted(elem)}"
+        )
+    # a group's q rows (its heads) and k/v rows are contiguous; o's columns likewise
+    parts = [elem[m].sum(1).view(n_kv, -1).sum(1) for m in ("q", "k", "v") if m in elem]
+    if "o" in elem:
+        parts.append(elem["o"].sum(0).view(n_kv, -1).sum(1))
+    channel_parts = [elem[m].sum(1) for m in ("gate", "up") if m in elem]
+    if "down" in elem:
+        channel_parts.append(elem["down"].sum(0))
+    return sum(parts[1:], parts[0]), sum(channel_parts[1:], channel_parts[0])
 
 
 def _normalise(scores: LayerScores) -> LayerScores:
@@ -61,11 +75,14 @@ def lora_grad_scores(model: Model) -> list[LayerScores]:
         elem = {}
         for m in ("q", "k", "v", "o", "gate", "up", "down"):
             lin = block.linear(m)
+            if lin.lora_A is None:  # LoRA on some targets only: this linear tells nothing
+                continue
             A, B, gA, gB = lin.lora_A, lin.lora_B, lin.lora_A.grad, lin.lora_B.grad
             if gA is None or gB is None:
                 raise ValueError("lora-grad importance needs LoRA gradients: call it after backward()")
             g_hat = torch.addmm(gB @ A, B - gB, gA)  # = G_B·A + B·G_A − G_B·G_A
-            merged = torch.addmm(lin.weight, B, A, alpha=lin.lora_scale)  # W + s·B·A
+            # W + s·B·A in float32 (the frozen W may be stored in bf16/fp16; .float() is a no-op for fp32)
+            merged = torch.addmm(lin.weight.float(), B, A, alpha=lin.lora_scale)
             elem[m] = (g_hat * merged).abs_()
         out.append(_normalise(_group_sums(block, hd, elem)))
     return out
@@ -82,7 +99,7 @@ def taylor_scores(model: Model) -> list[LayerScores]:
             w = block.linear(m).weight
             if w.grad is None:
                 raise ValueError("taylor importance needs weight gradients (weights must require grad)")
-            elem[m] = (w * w.grad).abs_()
+            elem[m] = (w.float() * w.grad.float()).abs_()
         out.append(_normalise(_group_sums(block, hd, elem)))
     return out
 
@@ -92,7 +109,7 @@ def magnitude_scores(model: Model) -> list[LayerScores]:
     """Sum of ``|w|`` per group (no data needed)."""
     hd = model.config.head_dim
     return [
-        _normalise(_group_sums(b, hd, {m: b.linear(m).weight.abs() for m in ("q", "k", "v", "o", "gate", "up", "down")}))
+        _normalise(_group_sums(b, hd, {m: b.linear(m).weight.float().abs() for m in ("q", "k", "v", "o", "gate", "up", "down")}))
         for b in model.layers
     ]
 
@@ -139,13 +156,14 @@ class ImportanceEMA:
 
     def keep(self, kept_local: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         if self.scores is not None:
-            self.scores = [(g[kg], c[kc]) for (g, c), (kg, kc) in zip(self.scores, kept_local)]
+            self.scores = [(g[kg.to(g.device)], c[kc.to(c.device)]) for (g, c), (kg, kc) in zip(self.scores, kept_local)]
 
 
 def select_kept(scores: list[LayerScores], target: Structure) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer, the local indices (sorted) of the ``target`` highest-scoring groups and channels.
 
-    Ties are broken towards the lower index (stable sort), so selection is deterministic.
+    Ties are broken towards the lower index (stable sort), so selection is deterministic. The
+    indices come back on the CPU whatever device the scores are on.
     """
     kept = []
     for g, c in scores:
@@ -154,8 +172,8 @@ def select_kept(scores: list[LayerScores], target: Structure) -> list[tuple[torc
                 f"cannot prune to {target.kv_groups} KV groups / {target.channels} channels: the model has only "
                 f"{len(g)} / {len(c)} left (pruning never grows a model)"
             )
-        kg = torch.sort(torch.argsort(-g, stable=True)[: target.kv_groups]).values
-        kc = torch.sort(torch.argsort(-c, stable=True)[: target.channels]).values
+        kg = torch.sort(torch.argsort(-g.cpu(), stable=True)[: target.kv_groups]).values
+        kc = torch.sort(torch.argsort(-c.cpu(), stable=True)[: target.channels]).values
         kept.append((kg, kc))
     return kept
 

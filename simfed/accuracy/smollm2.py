@@ -82,12 +82,10 @@ def gguf_path() -> Path:
     return path
 
 
-def _require_llm_extra() -> None:
+def _require_llm_extra(what: str = "the smollm2-135m preset") -> None:
     missing = [m for m in ("transformers", "gguf", "accelerate") if importlib.util.find_spec(m) is None]
     if missing:
-        raise SmolLM2Unavailable(
-            f"the smollm2-135m preset needs the packages {', '.join(missing)} (pip install 'simfed[llm]')"
-        )
+        raise SmolLM2Unavailable(f"{what} needs the packages {', '.join(missing)} (pip install 'simfed[llm]')")
 
 
 def file_sha256(path: Path) -> str:
@@ -155,8 +153,8 @@ def convert_state_dict(hf_state: dict[str, torch.Tensor], config: ModelConfig) -
     return {ours: hf_state[theirs].detach().to(torch.float32).clone() for ours, theirs in names.items()}
 
 
-def _cache_paths(digest: str) -> tuple[Path, Path]:
-    weights = cache_dir() / f"smollm2-135m-{digest[:16]}.pt"
+def _cache_paths(digest: str, name: str = "smollm2-135m") -> tuple[Path, Path]:
+    weights = cache_dir() / f"{name}-{digest[:16]}.pt"
     return weights, _tokenizer_dir(weights)
 
 
@@ -196,9 +194,22 @@ def load_smollm2(max_seq_len: int = DEFAULT_MAX_SEQ_LEN, use_cache: bool = True)
     calls read the cache. ``use_cache=False`` always converts and writes nothing.
     """
     _require_llm_extra()
+    return load_gguf(gguf_path(), max_seq_len, use_cache, cache_name="smollm2-135m")
+
+
+def load_gguf(
+    path: Path, max_seq_len: int = DEFAULT_MAX_SEQ_LEN, use_cache: bool = True, cache_name: str = "gguf"
+) -> tuple[Model, Any, ModelConfig]:
+    """A LLaMA-architecture GGUF file as a simfed :class:`Model` (fp32, eval mode), its tokenizer and config.
+
+    Dequantised by transformers on the first call, then cached as ``<cache>/<cache_name>-<sha256[:16]>.pt``
+    (and the tokenizer beside it), so later calls skip the conversion. ``ValueError`` when the file's
+    architecture is not one simfed's decoder implements (see :func:`config_from_hf`).
+    """
+    _require_llm_extra(f"loading {Path(path).name}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    path = gguf_path()
-    weights_file, tokenizer_dir = _cache_paths(file_sha256(path))
+    path = Path(path)
+    weights_file, tokenizer_dir = _cache_paths(file_sha256(path), cache_name)
     if use_cache and weights_file.is_file() and tokenizer_dir.is_dir():
         from transformers import AutoTokenizer
 

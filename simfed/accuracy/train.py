@@ -22,24 +22,41 @@ Decisions recorded here:
 - ``taylor``/``magnitude`` as iterative criteria score one-shot at each pruning step on
   ``calib_batches`` local batches; ``lora-grad`` without an EMA (e.g. :meth:`Trainer.finalize` of a
   device that never pruned) falls back to ``taylor`` on local data.
+- Devices and precision (``TrainConfig.device`` / ``dtype``, :mod:`simfed.accuracy.device`): the base
+  model is moved (and, under mixed precision, stored in bf16/fp16) once; a device's model shares the
+  base's tensors until it prunes them (:meth:`~simfed.accuracy.model.Model.share_copy`), so N
+  devices of a 135M-parameter model do not hold N copies of it. Batches are drawn on the CPU from the
+  device's own generator and copied to the accelerator, so the data order never depends on the
+  hardware. LoRA factors, AdamW state, losses and importance stay float32.
+- LoRA sits on ``TrainConfig.lora_modules`` of every layer (default all seven); ``lora-grad``
+  importance then sums only over adapted linears (at least one attention and one MLP linear).
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+import weakref
 from copy import deepcopy
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from simfed.accuracy.adapters import DeviceUpdate, Kept, LoRAFactors
+from simfed.accuracy.adapters import MODULES, DeviceUpdate, Kept, LoRAFactors
 from simfed.accuracy.data import ClientData, random_windows
+from simfed.accuracy.device import (
+    Precision,
+    cast_frozen,
+    check_device_name,
+    check_dtype_name,
+    deterministic,
+    resolve_precision,
+)
 from simfed.accuracy.evaluate import Delta, EvalResult, evaluate_with_delta
-from simfed.accuracy.lora import DEFAULT_ALPHA, load_factors, read_factors, remove_adapters, update_norm
+from simfed.accuracy.lora import DEFAULT_ALPHA, check_modules, load_factors, read_factors, remove_adapters, update_norm
 from simfed.accuracy.model import Model
 from simfed.accuracy.prune import (
     NEEDS_LORA_GRAD,
@@ -68,14 +85,21 @@ class TrainConfig:
     alpha: float = DEFAULT_ALPHA  # LoRA scale = alpha / sqrt(r)
     calib_batches: int = 4  # local batches for one-shot scoring (taylor, magnitude, fallbacks)
     seed: int = 0
+    device: str = "cpu"  # auto | cpu | cuda | cuda:N | mps (simfed.accuracy.device.resolve_device)
+    dtype: str = "float32"  # float32 | bfloat16 | float16 (mixed precision; float16 with a loss scaler)
+    lora_modules: tuple[str, ...] = MODULES  # the linears of every layer that carry LoRA
+    workers: int = 1  # > 1: a round's devices trained in this many CPU processes (simfed.accuracy.parallel)
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "seq_len", "loss_window", "calib_batches"):
+        for name in ("batch_size", "seq_len", "loss_window", "calib_batches", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
         criterion(self.criterion)  # validates the name
+        check_device_name(self.device)
+        check_dtype_name(self.dtype)
+        object.__setattr__(self, "lora_modules", check_modules(tuple(self.lora_modules)))
 
 
 @dataclass
@@ -98,11 +122,19 @@ def device_seed(seed: int, device_id: str) -> int:
 
 
 class Trainer:
-    """Owns every device's local state and runs their local prune-and-tune rounds."""
+    """Owns every device's local state and runs their local prune-and-tune rounds.
+
+    ``base`` is frozen and, when ``config.device`` is an accelerator or ``config.dtype`` is not
+    float32, moved and cast *in place* (the trainer keeps the same object). Raises
+    :class:`~simfed.accuracy.device.DeviceUnavailable` when the device or dtype is not available here.
+    """
 
     def __init__(self, base: Model, clients: Mapping[str, ClientData], config: TrainConfig = TrainConfig()) -> None:
-        self.base = base
-        self.base.freeze_base()
+        self.precision: Precision = resolve_precision(config.device, config.dtype)
+        self.device = self.precision.device
+        self.modules = config.lora_modules
+        base.freeze_base()
+        self.base = cast_frozen(base, self.precision)
         self.shape = base.config.shape()
         self.clients = clients
         self.config = config
@@ -110,6 +142,10 @@ class Trainer:
         self._before: dict[str, tuple] = {}  # device -> its state before its last local round (see revert)
         self.train_wall_s = 0.0  # host seconds spent in local training (for benchmarks, not simulated time)
         self.train_steps = 0
+        self._workers: Any = None  # the WorkerPool of config.workers > 1, started by the first round
+        if config.workers > 1 and self.device.type != "cpu":
+            raise ValueError(f"TrainConfig.workers={config.workers}: worker processes are for the CPU; on {self.device} "
+                             "train in one process (workers = 1)")
 
     # ----------------------------------------------------------------- device state
     def state(self, device_id: str) -> DeviceState:
@@ -120,8 +156,7 @@ class Trainer:
             data = self.clients[device_id]
             if data.n_samples(self.config.seq_len) < 1:
                 raise ValueError(f"device {device_id!r} has {len(data.train)} training characters, fewer than seq_len+1")
-            model = deepcopy(self.base)
-            model.freeze_base()
+            model = self.base.share_copy()
             gen = torch.Generator().manual_seed(device_seed(self.config.seed, device_id))
             st = DeviceState(device_id, model, Kept.full(self.shape), ImportanceEMA(self.config.ema_beta), data, gen)
             self._states[device_id] = st
@@ -139,16 +174,65 @@ class Trainer:
     # ----------------------------------------------------------------- a round
     def run_round(self, plans: Iterable[Plan], factors: Mapping[str, LoRAFactors]) -> list[DeviceReport]:
         """Local prune-and-tune of every planned device with its downloaded ``factors``."""
-        reports = []
+        plans = list(plans)
         for plan in plans:
             if plan.device_id not in factors:
                 raise KeyError(f"no LoRA factors given for device {plan.device_id!r}")
-            reports.append(self.train_device(plan, factors[plan.device_id]))
+        if self.config.workers > 1 and len(plans) > 1:
+            return self._run_round_in_workers(plans, factors)
+        return [self.train_device(plan, factors[plan.device_id]) for plan in plans]
+
+    def _run_round_in_workers(self, plans: list[Plan], factors: Mapping[str, LoRAFactors]) -> list[DeviceReport]:
+        """The same rounds in ``config.workers`` processes (:mod:`simfed.accuracy.parallel`), bit-identical."""
+        t0 = time.perf_counter()
+        jobs = []
+        for plan in plans:
+            st = self.state(plan.device_id)
+            self._check_plan(st, plan, factors[plan.device_id])
+            jobs.append((plan, factors[plan.device_id], st.kept.copy(), st.ema, st.generator.get_state(), st.steps))
+        if self._workers is None:
+            from simfed.accuracy.parallel import WorkerPool
+
+            self._workers = WorkerPool(self.base, self.clients, self.config, self.config.workers)
+            weakref.finalize(self, self._workers.close)
+        results = self._workers.train(jobs)
+        reports = []
+        for plan, (report, kept, ema, gen_state, steps) in zip(plans, results):
+            st = self.state(plan.device_id)
+            self._before[plan.device_id] = (st.kept.copy(), deepcopy(st.ema), st.generator.get_state(), st.steps)
+            if kept.structure() != st.kept.structure():  # prune this process's copy the same way
+                prune_model_to_kept(st.model, st.kept, kept)
+            st.kept, st.ema, st.steps = kept, ema, steps
+            st.generator.set_state(gen_state)
+            self.train_steps += plan.local_iters
+            reports.append(report)
+        self.train_wall_s += time.perf_counter() - t0
         return reports
 
+    def close(self) -> None:
+        """Stop the worker processes (``workers > 1``); a later round starts new ones."""
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_workers"] = None  # processes do not travel with a checkpoint
+        return state
+
+    def _batch(self, st: DeviceState) -> tuple[torch.Tensor, torch.Tensor]:
+        """The device's next random training windows, drawn on the CPU, on the compute device."""
+        x, y = random_windows(st.data.train, self.config.batch_size, self.config.seq_len, st.generator)
+        if self.device.type == "cpu":
+            return x, y
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
     def train_device(self, plan: Plan, factors: LoRAFactors) -> DeviceReport:
-        cfg = self.config
-        st = self.state(plan.device_id)
+        """One device's local round (see the module docstring); the report's update is on the compute device."""
+        with deterministic(self.device):
+            return self._train_device(plan, factors)
+
+    def _check_plan(self, st: DeviceState, plan: Plan, factors: LoRAFactors) -> None:
         expected = structure_at(self.shape, plan.sparsity_before)
         if st.kept.structure() != expected:
             raise ValueError(
@@ -157,29 +241,44 @@ class Trainer:
             )
         if factors.rank != plan.arm.r:
             raise ValueError(f"device {plan.device_id!r}: factors have rank {factors.rank}, the plan says {plan.arm.r}")
+
+    def _train_device(self, plan: Plan, factors: LoRAFactors) -> DeviceReport:
+        cfg = self.config
+        st = self.state(plan.device_id)
+        self._check_plan(st, plan, factors)
         t0 = time.perf_counter()
         self._before[plan.device_id] = (st.kept.copy(), deepcopy(st.ema), st.generator.get_state(), st.steps)
         sparsity_before = sparsity_of(self.shape, st.kept.structure())
         model = st.model
         model.train()
-        params = load_factors(model, factors)
+        params = load_factors(model, factors, self.modules)
         # fused: one kernel for all LoRA tensors instead of a loop of small per-tensor ops
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        scaler = self.precision.scaler()  # float16 only: a fresh dynamic loss scale per device-round
         stages = round_schedule(plan.sparsity_before, plan.sparsity_after, plan.local_iters, plan.tau)
         targets = iter(stage_targets(plan.sparsity_before, plan.sparsity_after, sum(s.prune_after for s in stages)))
         score_fn = criterion(cfg.criterion)
-        losses = torch.empty(plan.local_iters)
+        losses = torch.empty(plan.local_iters, device=self.device)  # read once at the end: no sync per step
         it = 0
         for stage in stages:
             track = stage.prune_after and cfg.criterion in NEEDS_LORA_GRAD
             for _ in range(stage.iters):
-                x, y = random_windows(st.data.train, cfg.batch_size, cfg.seq_len, st.generator)
-                _, loss = model(x, y)
+                x, y = self._batch(st)
+                with self.precision.autocast():
+                    _, loss = model(x, y)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if track:
-                    st.ema.update(score_fn(model))
-                opt.step()
+                if scaler is None:
+                    loss.backward()
+                    if track:
+                        st.ema.update(score_fn(model))
+                    opt.step()
+                else:  # float16: scaled backward, unscaled gradients for the importance, skipped step on overflow
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(opt)
+                    if track and _finite_grads(opt):
+                        st.ema.update(score_fn(model))
+                    scaler.step(opt)
+                    scaler.update()
                 losses[it] = loss.detach()
                 it += 1
             if stage.prune_after:
@@ -188,6 +287,7 @@ class Trainer:
                     scores = self._scores_for_pruning(st)
                     st.kept = prune_step(model, st.kept, scores, target, st.ema, _optimizer_slicer(opt))
         k = min(cfg.loss_window, max(1, plan.local_iters // 2))
+        losses = losses.cpu()
         trained = read_factors(model)
         remove_adapters(model)
         st.steps += plan.local_iters
@@ -217,8 +317,7 @@ class Trainer:
         if kept.structure() != st.kept.structure() or any(
             not np.array_equal(a, b) for a, b in zip(kept.groups + kept.channels, st.kept.groups + st.kept.channels)
         ):
-            model = deepcopy(self.base)
-            model.freeze_base()
+            model = self.base.share_copy()
             prune_model_to_kept(model, Kept.full(self.shape), kept)
             st.model = model
         st.kept, st.ema, st.steps = kept, ema, steps
@@ -241,16 +340,19 @@ class Trainer:
             return st.ema.scores
         if criterion_name not in NEEDS_WEIGHT_GRAD:
             return score_fn(st.model)
+        # (an unpruned device's weights are the base's own tensors: their .grad is cleared below)
         weights = [b.linear(m).weight for b in st.model.layers for m in ("q", "k", "v", "o", "gate", "up", "down")]
         for w in weights:
             w.requires_grad_(True)
             w.grad = None
         try:
-            for _ in range(self.config.calib_batches):
-                x, y = random_windows(st.data.train, self.config.batch_size, self.config.seq_len, st.generator)
-                _, loss = st.model(x, y)
-                (loss / self.config.calib_batches).backward()
-            return score_fn(st.model)
+            with deterministic(self.device):
+                for _ in range(self.config.calib_batches):
+                    x, y = self._batch(st)
+                    with self.precision.autocast():
+                        _, loss = st.model(x, y)
+                    (loss / self.config.calib_batches).backward()
+                return score_fn(st.model)
         finally:
             for w in weights:
                 w.grad = None
@@ -265,7 +367,9 @@ class Trainer:
         if target.kv_groups > current.kv_groups or target.channels > current.channels:
             raise ValueError(f"device {device_id!r} is already pruned beyond sparsity {sparsity} ({current})")
         if target != current:
-            st.kept = prune_step(st.model, st.kept, self.oneshot_scores(device_id, criterion_name), target, st.ema)
+            scores = self.oneshot_scores(device_id, criterion_name)
+            with deterministic(self.device):
+                st.kept = prune_step(st.model, st.kept, scores, target, st.ema)
         return st.kept.copy()
 
     def oneshot_prune(self, device_ids: Iterable[str], sparsity: float, criterion: str = "taylor") -> dict[str, Kept]:
@@ -293,11 +397,19 @@ class Trainer:
         ``delta_for=None`` evaluates the pruned models without any adapter (the baseline).
         """
         out = {}
-        for d in device_ids:
-            st = self.state(d)
-            delta = delta_for(st.kept.copy()) if delta_for is not None else None
-            out[d] = evaluate_with_delta(st.model, st.data.test, self.config.seq_len, delta)
+        with deterministic(self.device):
+            for d in device_ids:
+                st = self.state(d)
+                delta = delta_for(st.kept.copy()) if delta_for is not None else None
+                with self.precision.autocast():
+                    out[d] = evaluate_with_delta(st.model, st.data.test, self.config.seq_len, delta)
         return out
+
+
+def _finite_grads(opt: torch.optim.Optimizer) -> bool:
+    """Every gradient of the optimiser's (current) parameters finite: when a float16 loss scale overflowed,
+    GradScaler skips the step, and the importance EMA skips it too."""
+    return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for g in opt.param_groups for p in g["params"])
 
 
 def _optimizer_slicer(opt: torch.optim.Optimizer) -> Callable[[nn.Parameter, nn.Parameter, int, torch.Tensor], None]:
@@ -307,7 +419,8 @@ def _optimizer_slicer(opt: torch.optim.Optimizer) -> Callable[[nn.Parameter, nn.
         state = opt.state.pop(old, None)
         if state is not None:
             opt.state[new] = {
-                k: (v.index_select(dim, index) if torch.is_tensor(v) and v.shape == old.shape else v) for k, v in state.items()
+                k: (v.index_select(dim, index.to(v.device)) if torch.is_tensor(v) and v.shape == old.shape else v)
+                for k, v in state.items()
             }
         for group in opt.param_groups:
             group["params"] = [new if p is old else p for p in group["params"]]

@@ -36,6 +36,7 @@ _COMMANDS = [
     "sweep",
     "demo",
     "bandit",
+    "calibrate",
 ]
 
 EXIT_USER_ERROR = 2

@@ -98,7 +98,7 @@ def _list(args: argparse.Namespace) -> int:
     print("methods (policy; policy.params it takes; policy.method_params it reads):")
     for name, r in METHODS.items():
         print(f"  {name:22s} prune={r.prune_mode:9s} importance={r.importance:9s} aggregator={r.aggregator:8s} {r.description}")
-        print(f"  {'':22s} policy={r.policy}; params: {r.policy_options().accepted()}; "
+        print(f"  {'':22s} policy={r.policy_name}; params: {r.policy_options().accepted()}; "
               f"method_params: {r.param_options().accepted()}")
     return 0
 

@@ -1,7 +1,8 @@
 """``simfed traces``: generate, import and inspect device-trace directories.
 
-    simfed traces generate NAME --out DIR [--devices N] [--seed S] [--duration-s D] [--set KEY=VALUE ...]
-    simfed traces import FORMAT PATH --out DIR [--set KEY=VALUE ...]
+    simfed traces generate NAME --out DIR [--devices N] [--seed S] [--duration-s D] [--set KEY=VALUE ...] [--format F]
+    simfed traces import FORMAT PATH --out DIR [--set KEY=VALUE ...] [--format F]
+    simfed traces convert SRC DST [--format csv|parquet]
     simfed traces show DIR
 
 Generators and formats are the registries of :mod:`simfed.timing.generators` and
@@ -10,7 +11,11 @@ Generators and formats are the registries of :mod:`simfed.timing.generators` and
 ``fedspine-testbed``), read as the type the option declares (a string option keeps its text:
 ``--set device_id=007`` stays ``"007"``). An unknown option or a value out of range is one line
 naming it and what is accepted. The output directory is written atomically in the format of
-:mod:`simfed.timing.tracefile` (``traces/SCHEMA.md``).
+:mod:`simfed.timing.tracefile` (``traces/SCHEMA.md``), its tables as CSV or Parquet (``--format``).
+A generator whose module also defines ``stream`` (same options, returning a
+:class:`~simfed.timing.traces.PopulationStream`; ``phones`` does) is written chunk by chunk through
+:class:`~simfed.timing.tracefile.TraceWriter`, so its memory does not grow with ``--devices``.
+``convert`` reads and validates a directory and writes it in the other table format (or ``--format``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import math
 import numpy as np
 
 from simfed.cli import CliError
+
+FORMATS = ("csv", "parquet")  # simfed.timing.tracefile.TABLE_FORMATS (not imported here: keeps the CLI start light)
 
 
 def register(subparsers) -> None:
@@ -37,6 +44,7 @@ def register(subparsers) -> None:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--duration-s", type=float, default=3600.0, help="length of the generated series (cycled)")
     gen.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a generator option")
+    gen.add_argument("--format", choices=FORMATS, default="csv", help="table format of the output (default csv)")
     gen.set_defaults(func=_generate)
 
     imp = sub.add_parser("import", help="import a public trace format")
@@ -44,7 +52,16 @@ def register(subparsers) -> None:
     imp.add_argument("path")
     imp.add_argument("--out", required=True, help="output trace directory")
     imp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an importer option")
+    imp.add_argument("--format", dest="table_format", choices=FORMATS, default="csv",
+                     help="table format of the output directory (default csv)")
     imp.set_defaults(func=_import)
+
+    conv = sub.add_parser("convert", help="rewrite a trace directory as CSV or Parquet tables")
+    conv.add_argument("src", help="trace directory to read")
+    conv.add_argument("dst", help="trace directory to write")
+    conv.add_argument("--format", choices=FORMATS, default=None,
+                      help="table format of DST (default: the one SRC is not in)")
+    conv.set_defaults(func=_convert)
 
     show = sub.add_parser("show", help="per-type summary of a trace directory")
     show.add_argument("dir")
@@ -75,9 +92,40 @@ def _generate(args: argparse.Namespace) -> int:
     flags = {name: table.options[name].check(value, flag) for name, flag, value in (
         ("n_devices", "--devices", args.devices), ("seed", "--seed", args.seed),
         ("duration_s", "--duration-s", args.duration_s))}  # fmt: skip
-    pop = generate(args.name, **flags, **options)
-    out = write_population(pop, args.out)
-    print(f"wrote {len(pop)} devices ({args.name}, seed {args.seed}) to {out}")
+    stream = _streaming(args.name)
+    if stream is None:
+        pop = generate(args.name, **flags, **options)
+        out = write_population(pop, args.out, format=args.format)
+        n = len(pop)
+    else:
+        from simfed.timing.tracefile import TraceWriter
+
+        chunks = stream(**flags, **options)
+        with TraceWriter(args.out, format=args.format, meta=chunks.meta, access_points=chunks.access_points,
+                         library=chunks.library) as writer:
+            for chunk in chunks.chunks():
+                writer.add(chunk)
+        writer.warn_zero_rates(f"generator {args.name!r}")
+        out, n = writer.path, chunks.n_devices
+    print(f"wrote {n} devices ({args.name}, seed {args.seed}) to {out}")
+    return 0
+
+
+def _streaming(name: str):
+    """The ``stream`` function of generator ``name``'s module, if it has one (else None)."""
+    import sys
+
+    from simfed.timing.generators import GENERATORS
+
+    module = sys.modules.get(GENERATORS[name].__module__)
+    return getattr(module, "stream", None)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from simfed.timing.tracefile import convert_directory, table_format
+
+    out = convert_directory(args.src, args.dst, format=args.format)
+    print(f"converted {args.src} to {out} ({table_format(out)})")
     return 0
 
 
@@ -87,7 +135,7 @@ def _import(args: argparse.Namespace) -> int:
 
     options = importer_options(args.format).parse(_texts(args.set))
     pop = import_traces(args.format, args.path, **options)
-    out = write_population(pop, args.out)
+    out = write_population(pop, args.out, format=args.table_format)
     print(f"imported {len(pop)} devices ({args.format}) from {args.path} to {out}")
     return 0
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copyreg
 import io
 import pickle
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -32,22 +32,24 @@ class RankScale:
 
 
 class FullLearner:
-    """Real training: the downlink from the aggregator, local rounds on the trainer, evaluation.
+    """Real training: local rounds on the trainer from the method's downlinks, aggregation, evaluation.
 
-    ``eval_devices`` are the devices whose held-out data the global model is scored on (all devices
-    of the run: each with its own pruned structure, so the score reflects what would be deployed).
+    ``aggregator`` is the method's aggregator, built; ``eval_devices`` are the devices whose held-out data
+    the global model is scored on (all devices of the run: each with its own pruned structure, so the
+    score reflects what would be deployed).
     """
 
-    def __init__(self, trainer: Any, aggregator: Any, eval_devices: list[str], oneshot_criterion: str = "taylor") -> None:
+    def __init__(self, trainer: Any, aggregator: Any, eval_devices: list[str]) -> None:
         self.trainer = trainer
         self.aggregator = aggregator
         self.eval_devices = sorted(eval_devices)
-        self.oneshot_criterion = oneshot_criterion
 
-    def train(self, plans: list[Plan]) -> dict[str, DeviceReport]:
-        factors = {p.device_id: self.aggregator.factors_for(p.arm.r, self.trainer.kept(p.device_id)) for p in plans}
+    def kept(self, device_id: str) -> Any:
+        return self.trainer.kept(device_id)
+
+    def train(self, plans: list[Plan], downlinks: Mapping[str, Any]) -> dict[str, DeviceReport]:
         self._reference = {p.device_id: self._weight_norm(p.device_id) for p in plans}
-        return {r.device_id: r for r in self.trainer.run_round(plans, factors)}
+        return {r.device_id: r for r in self.trainer.run_round(plans, downlinks)}
 
     def _weight_norm(self, device_id: str) -> float:
         from simfed.accuracy.lora import adapted_linears
@@ -72,8 +74,8 @@ class FullLearner:
         mean = weighted_mean(self.trainer.evaluate(self.eval_devices, delta_for))
         return {"accuracy": mean.accuracy, "loss": mean.loss}
 
-    def oneshot_prune(self, device_ids: list[str], s_star: float) -> None:
-        self.trainer.oneshot_prune(device_ids, s_star, criterion=self.oneshot_criterion)
+    def oneshot_prune(self, device_ids: list[str], s_star: float, criterion: str) -> None:
+        self.trainer.oneshot_prune(device_ids, s_star, criterion=criterion)
 
     def finalize(self, device_id: str, s_star: float) -> None:
         self.trainer.finalize(device_id, s_star)

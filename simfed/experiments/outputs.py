@@ -24,27 +24,18 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-EVENT_COLUMNS = ["time_s", "round", "device_id", "kind", "detail"]
+from simfed.experiments.tables import DeviceRoundRow, EventRow, RoundRow, arrow_schema, columns, to_arrow
 
-ROUND_COLUMNS = [
-    "round", "start_s", "close_s", "end_s", "duration_s", "aggregate_s", "evaluate_s",
-    "n_selected", "n_ok", "n_late", "n_straggler", "n_offline", "n_unavailable", "n_oom", "n_failed",
-    "mean_wait_s", "max_completion_s", "mean_completion_s",
-    "mean_sparsity", "min_sparsity", "mean_measured_sparsity", "mean_rank", "mean_p", "mean_reward",
-    "train_loss", "accuracy", "eval_loss", "evaluated",
-]
-
-DEVICE_ROUND_COLUMNS = [
-    "round", "device_id", "device_type", "outcome", "failure", "p", "r",
-    "sparsity_before", "sparsity_after", "measured_sparsity_after", "base_download",
-    "start_s", "ready_s", "download_end_s", "compute_end_s", "upload_end_s", "end_s",
-    "completion_s", "wait_s", "compute_flops", "down_bytes", "up_bytes", "memory_bytes",
-    "loss_before", "loss_after", "update_norm", "n_samples", "reward",
-]
+# The tables' columns are the fields of their record classes (simfed.experiments.tables).
+EVENT_COLUMNS = columns(EventRow)
+ROUND_COLUMNS = columns(RoundRow)
+DEVICE_ROUND_COLUMNS = columns(DeviceRoundRow)
 
 CONFIG = "config.toml"
 EVENTS = "events.parquet"
@@ -105,24 +96,75 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(json_safe(obj), indent=2, sort_keys=True) + "\n")
 
 
-def table(rows: Iterable[dict], columns: list[str]) -> pd.DataFrame:
-    """A DataFrame with exactly ``columns`` in that order (an empty run still has the schema)."""
-    df = pd.DataFrame(list(rows))
-    for col in columns:
-        if col not in df.columns:
-            df[col] = pd.Series(dtype="float64")
-    return df[columns + [c for c in df.columns if c not in columns]]
+def records(rows: Iterable, cls: type) -> list:
+    """Rows as records of table class ``cls``: records pass through; a dict fills what it lacks with NaN
+    (numbers), "" (strings) or False/0 (flags, counts) — for hand-made run directories (tests, importers)."""
+    from dataclasses import fields
+
+    blank = {"float": math.nan, "int": 0, "str": "", "bool": False}
+    out = []
+    for row in rows:
+        if isinstance(row, cls):
+            out.append(row)
+        else:
+            unknown = set(row) - {f.name for f in fields(cls)}
+            if unknown:
+                raise ValueError(f"{cls.__name__}: unknown column(s) {sorted(unknown)}")
+            values = {}
+            for f in fields(cls):
+                v = row.get(f.name, blank[f.type])
+                if f.type != "float" and isinstance(v, float) and math.isnan(v):
+                    v = blank[f.type]  # a count, flag or label left unknown
+                values[f.name] = v
+            out.append(cls(**values))
+    return out
 
 
-def atomic_write_table(path: str | Path, df: pd.DataFrame) -> None:
-    """Write a DataFrame as Parquet (pyarrow) atomically."""
+class _AtomicParquet:
+    """A Parquet file written row group by row group into a temporary file, moved into place on success."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self.path, self.schema = Path(path), schema
+
+    def __enter__(self) -> "_AtomicParquet":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.fchmod(fd, FILE_MODE)
+        os.close(fd)
+        self.writer = pq.ParquetWriter(self.tmp, self.schema)
+        return self
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self.writer.write_table(table)
+
+    def close(self, ok: bool = True) -> None:
+        """Finish the file: moved into place when ``ok``, discarded otherwise."""
+        self.__exit__(None if ok else RuntimeError, None, None)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.writer.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            try:
+                os.unlink(self.tmp)
+            except FileNotFoundError:
+                pass
+
+
+def atomic_write_table(path: str | Path, df: "pd.DataFrame | pa.Table") -> None:
+    """Write a DataFrame (or an Arrow table) as Parquet (pyarrow) atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.fchmod(fd, FILE_MODE)
     os.close(fd)
     try:
-        df.to_parquet(tmp, index=False, engine="pyarrow")
+        if isinstance(df, pa.Table):
+            pq.write_table(df, tmp)
+        else:
+            df.to_parquet(tmp, index=False, engine="pyarrow")
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -196,11 +238,41 @@ class RunDir:
             if self.file(name).exists():
                 self.file(name).unlink()
 
-    def write_results(self, events: list[dict], rounds: list[dict], device_rounds: list[dict], summary: dict) -> None:
-        """Write the three tables, then the summary (the completion marker), then drop the checkpoint."""
-        atomic_write_table(self.file(EVENTS), table(events, EVENT_COLUMNS))
-        atomic_write_table(self.file(ROUNDS), table(rounds, ROUND_COLUMNS))
-        atomic_write_table(self.file(DEVICE_ROUNDS), table(device_rounds, DEVICE_ROUND_COLUMNS))
+    def journal_rounds(self) -> Iterator[tuple]:
+        """The finished rounds' records, in order, one at a time: ``(plans, reply, RoundRow, [DeviceRoundRow])``."""
+        import pickle
+
+        path = self.file(JOURNAL)
+        if not path.exists():
+            return
+        with path.open("rb") as fh:
+            while head := fh.read(8):
+                yield pickle.loads(fh.read(int.from_bytes(head, "little")))
+
+    def write_tables(self, events: Iterable, rounds: Iterable, device_rounds: Iterable, summary: dict) -> None:
+        """Write given rows (records of :mod:`simfed.experiments.tables`, or dicts naming some of their
+        columns) as a complete run directory: hand-made runs for tests and analyses."""
+        atomic_write_table(self.file(EVENTS), to_arrow(records(events, EventRow), EventRow))
+        atomic_write_table(self.file(ROUNDS), to_arrow(records(rounds, RoundRow), RoundRow))
+        atomic_write_table(self.file(DEVICE_ROUNDS), to_arrow(records(device_rounds, DeviceRoundRow), DeviceRoundRow))
+        atomic_write_json(self.file(SUMMARY), summary)
+
+    def event_writer(self) -> "_AtomicParquet":
+        """``events.parquet``, written round by round as the engine logs (open it before the run; it takes its
+        place when closed without error). A writer left by a killed process is discarded on resume."""
+        for stale in self.path.glob(f".{EVENTS}.*.tmp"):
+            stale.unlink()
+        return _AtomicParquet(self.file(EVENTS), arrow_schema(EventRow)).__enter__()
+
+    def write_results(self, summary: dict) -> None:
+        """Write the round tables (streamed from the journal, one row group per round), then the summary (the
+        completion marker), then drop the checkpoint and the journal. The events are already written
+        (:meth:`event_writer`)."""
+        with _AtomicParquet(self.file(ROUNDS), arrow_schema(RoundRow)) as rounds, \
+                _AtomicParquet(self.file(DEVICE_ROUNDS), arrow_schema(DeviceRoundRow)) as devices:
+            for _plans, _reply, round_row, device_rows in self.journal_rounds():
+                rounds.write(to_arrow([round_row], RoundRow))
+                devices.write(to_arrow(device_rows, DeviceRoundRow))
         atomic_write_json(self.file(SUMMARY), summary)
         for name in (CHECKPOINT, JOURNAL):
             if self.file(name).exists():

@@ -16,10 +16,12 @@ costs little and keeps the engine free of checkpoint code.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import platform
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,52 +86,36 @@ def load_population(cfg: RunConfig) -> Population:
 
 
 def summarise(cfg: RunConfig, loop: ServerLoop, final: dict[str, float], cost: Any, n_devices: int) -> dict:
-    """Headline numbers of a finished run (documented in docs/experiments.md)."""
-    rows = loop.state.round_rows
-    dev_rows = loop.state.device_rows
-    end_s = rows[-1]["end_s"] if rows else 0.0
+    """Headline numbers of a finished run (documented in docs/experiments.md), from the loop's running totals."""
+    from simfed.experiments.tables import SCHEMA_VERSION
+
+    totals = loop.state.totals
     target = cfg.target_accuracy
-    time_to_target = None
-    rounds_to_target = None
-    if target > 0:  # the deployable model: accuracy at the target *and* every device at s*
-        for r in rows:
-            at_s_star = math.isfinite(r["min_sparsity"]) and r["min_sparsity"] >= loop.s_star - 1e-12
-            if r["evaluated"] and at_s_star and math.isfinite(r["accuracy"]) and r["accuracy"] >= target:
-                time_to_target, rounds_to_target = r["end_s"], r["round"]
-                break
-    time_to_s_star = None
-    for r in rows:
-        if math.isfinite(r["min_sparsity"]) and r["min_sparsity"] >= loop.s_star - 1e-12:
-            time_to_s_star = r["end_s"]
-            break
-    waits = [r["wait_s"] for r in dev_rows if math.isfinite(r["wait_s"])]
     final_sparsity = float(np.mean(list(loop.state.sparsity.values()))) if loop.state.sparsity else 0.0
     inf_flops = cost.inference_flops(final_sparsity, cfg.train.seq_len) / cost.inference_flops(0.0, cfg.train.seq_len)
     inf_mem = cost.inference_memory_bytes(final_sparsity) / cost.inference_memory_bytes(0.0)
-    outcomes: dict[str, int] = {}
-    for r in dev_rows:
-        outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
     return {
+        "schema_version": SCHEMA_VERSION,
         "name": cfg.name,
         "method": cfg.method,
         "seed": cfg.seed,
         "mode": cfg.mode,
         "n_devices": n_devices,
-        "rounds": len(rows),
-        "simulated_time_s": end_s,
+        "rounds": totals.rounds,
+        "simulated_time_s": totals.end_s,
         "target_accuracy": target if target > 0 else None,
-        "time_to_target_s": time_to_target,
-        "rounds_to_target": rounds_to_target,
-        "time_to_s_star_s": time_to_s_star,
+        "time_to_target_s": totals.time_to_target_s,
+        "rounds_to_target": totals.rounds_to_target,
+        "time_to_s_star_s": totals.time_to_s_star_s,
         "final_accuracy": final["accuracy"],
         "final_eval_loss": final["loss"],
         "s_star": loop.s_star,
         "final_sparsity": final_sparsity,
-        "mean_wait_s": float(np.mean(waits)) if waits else None,
-        "mean_round_s": float(np.mean([r["duration_s"] for r in rows])) if rows else None,
+        "mean_wait_s": totals.mean_wait_s,
+        "mean_round_s": totals.mean_round_s,
         "inference_flops_rel": inf_flops,
         "inference_memory_rel": inf_mem,
-        "outcomes": dict(sorted(outcomes.items())),
+        "outcomes": dict(sorted(totals.outcomes.items())),
     }
 
 
@@ -221,7 +207,7 @@ class Session:
         from simfed.experiments.learner import FullLearner
 
         trainer, aggregator = build_training(self.cfg, method, device_ids, self.shared)
-        return FullLearner(trainer, aggregator, device_ids, oneshot_criterion=method.importance)
+        return FullLearner(trainer, aggregator, device_ids)
 
     def _checkpoint(self, loop: ServerLoop) -> None:
         """After a round: append its plans and rows to the journal, then replace the checkpoint.
@@ -237,9 +223,9 @@ class Session:
         length = self.rd.append_journal(pickle.dumps(loop.state.last_round(), protocol=fast))
         # the C pickler for plain state; the referencing pickler only where shared objects hide inside
         # (the oracle's trace predictor, the trainer's base model and data), since it is far slower
-        plain = {"sparsity": loop.state.sparsity, "has_base": loop.state.has_base, "merged": loop.state.merged}
+        plain = {"sparsity": loop.state.sparsity, "has_base": loop.state.has_base, "merged": loop.state.merged,
+                 "totals": loop.state.totals, "method": loop.method.state_dict()}
         linked = {}
-        (linked if getattr(loop.policy, "reads_traces", False) else plain)["policy"] = loop.policy
         if loop.learner is not None:
             linked["trainer"] = loop.learner.trainer
             linked["aggregator"] = loop.learner.aggregator
@@ -263,7 +249,8 @@ class Session:
         if checkpoint.get("config") != self.text:
             raise RunError(f"{self.rd.path}: the checkpoint belongs to another config; use --fresh to discard it")
         state = {**pickle.loads(checkpoint["plain"]), **loads_state(checkpoint["linked"], self.shared)}
-        loop_state = LoopState(sparsity=state["sparsity"], has_base=state["has_base"], merged=state["merged"])
+        loop_state = LoopState(sparsity=state["sparsity"], has_base=state["has_base"], merged=state["merged"],
+                               totals=state["totals"])
         for record in self.rd.read_journal(checkpoint["journal_bytes"]):
             loop_state.add_round(*pickle.loads(record))
         if loop_state.rounds_done != checkpoint["rounds_done"]:
@@ -287,7 +274,6 @@ class Session:
     def _run(self) -> dict:
         from tqdm import tqdm
 
-        from simfed.decisions.reward import RewardWeights
         from simfed.experiments.loop import ServerLoop
         from simfed.timing.engine import Engine
 
@@ -300,47 +286,47 @@ class Session:
         self.shared.update({"population": population, "predictor": predictor, "cost": cost})
         method = resolve_method(cfg, population, predictor)
         learner = self._learner(method, device_ids) if cfg.mode == "full" else None
-        policy = method.policy
         state = None
         restored = self._restore()
         if restored is not None:
             state, objects = restored
-            policy = objects["policy"]
+            method.load_state_dict(objects["method"])
             if learner is not None:
                 learner.trainer, learner.aggregator = objects["trainer"], objects["aggregator"]
             self.resumed_from = state.rounds_done
-        weights = dict(cfg.policy.reward)
-        weights.setdefault("rank_ref", cfg.policy.r_max)
-        try:
-            reward_weights = RewardWeights.from_dict(weights)
-        except (TypeError, ValueError) as exc:
-            raise config_mod.ConfigError(f"policy.reward: {exc}") from None
         check_settings(cfg, population)
         loop = ServerLoop(
-            device_types=types, policy=policy, prune_mode=method.prune_mode, s_star=cfg.s_star,
-            limits=model_limits(cfg, cost),
+            method=method, device_types=types, s_star=cfg.s_star, limits=model_limits(cfg, cost),
             local_iters=cfg.train.local_iters, tau=cfg.train.tau, rounds=cfg.rounds,
-            eval_every=cfg.train.eval_every, reward_weights=reward_weights, learner=learner,
+            eval_every=cfg.train.eval_every, learner=learner, target_accuracy=cfg.target_accuracy,
             server_costs=build_server_costs(cfg, cost, method), on_round_end=self._checkpoint,
             on_round_start=_NowSetter(predictor), state=state,
         )
-        engine = Engine(population, cost, build_engine_config(cfg), loop)
-        with tqdm(total=cfg.rounds, initial=self.resumed_from, disable=not self.progress, unit="round",
-                  desc=f"{cfg.method} s{cfg.seed}", leave=False) as bar:
-            self._bar = bar
-            result = engine.run(cfg.rounds)
-            self._bar = None
-        final = loop.finish()
+        from simfed.timing.log import sample_mask
+
+        events = self.rd.event_writer()  # the event log streams to disk round by round (all rounds: resume re-simulates)
+        engine = Engine(population, cost, build_engine_config(cfg), loop, event_sink=events.write,
+                        event_sample=sample_mask([d.device_id for d in population.devices], cfg.engine.log_sample, cfg.seed),
+                        keep_timings=False)
+        try:
+            with tqdm(total=cfg.rounds, initial=self.resumed_from, disable=not self.progress, unit="round",
+                      desc=f"{cfg.method} s{cfg.seed}", leave=False) as bar:
+                self._bar = bar
+                engine.run(cfg.rounds)
+                self._bar = None
+            final = loop.finish()
+        except BaseException:
+            events.close(ok=False)
+            raise
+        events.close()
         summary = summarise(cfg, loop, final, cost, len(population))
-        events = [{"time_s": ev.time_s, "round": ev.round, "device_id": ev.device_id, "kind": ev.kind,
-                   "detail": ev.detail} for ev in result.events]
-        self.rd.write_results(events, loop.state.round_rows, loop.state.device_rows, summary)
-        failed = [r for r in loop.state.device_rows if r["outcome"] == "failed"]
-        if failed and not any(r["outcome"] == "ok" for r in loop.state.device_rows):
-            first = failed[0]
-            raise RunError(f"{self.rd.path}: every round failed: all {len(failed)} finished updates were rejected by the "
-                           f"training health check (first: round {first['round']}, device {first['device_id']!r}: "
-                           f"{first['failure']}); nothing was aggregated (the results are written; lower train.lr?)")
+        self.rd.write_results(summary)
+        n_failed, n_ok = loop.state.totals.outcomes.get("failed", 0), loop.state.totals.outcomes.get("ok", 0)
+        if n_failed and not n_ok:
+            r, dev, why = loop.state.totals.first_failure
+            raise RunError(f"{self.rd.path}: every round failed: all {n_failed} finished updates were rejected by the "
+                           f"training health check (first: round {r}, device {dev!r}: {why}); nothing was aggregated "
+                           "(the results are written; lower train.lr?)")
         return json_safe(summary)
 
 
@@ -383,9 +369,11 @@ def model_limits(cfg: RunConfig, cost: Any) -> Any:
         shape = preset(cfg.model.preset).shape()
         targets = None  # the trainer adapts every linear of its model
 
+    @functools.lru_cache(maxsize=None)
     def measured(s: float) -> float:
         return sparsity_of(shape, structure_at(shape, s))
 
+    @functools.lru_cache(maxsize=None)
     def max_rank(s: float) -> int:
         dims = linear_dims(shape, structure_at(shape, s))
         return min(min(dims[m]) for m in (targets or dims))
@@ -413,7 +401,7 @@ def build_engine_config(cfg: RunConfig) -> Any:
 
 def build_server_costs(cfg: RunConfig, cost: Any, method: "ResolvedMethod") -> Any:
     """What the server's own phases cost (docs/timing.md §3.1), each part as the ``server`` table says."""
-    from simfed.accuracy.aggregators import AGGREGATORS
+    from simfed.accuracy.aggregators import aggregator_class
     from simfed.experiments.loop import ServerCosts
     from simfed.structure import structure_at
     from simfed.timing.cost import linear_dims
@@ -422,9 +410,10 @@ def build_server_costs(cfg: RunConfig, cost: Any, method: "ResolvedMethod") -> A
     shape = cost.shape
     aggregate = None
     if sv.aggregation_time:
-        merge = AGGREGATORS[method.aggregator].merge_flops
+        merge = aggregator_class(method.aggregator).merge_flops
         targets = cost.lora_targets
 
+        @functools.lru_cache(maxsize=None)
         def adapted(sparsity: float) -> list[tuple[int, int]]:
             dims = linear_dims(shape, structure_at(shape, sparsity))
             return [dims[m] for m in targets] * shape.n_layers
@@ -432,7 +421,8 @@ def build_server_costs(cfg: RunConfig, cost: Any, method: "ResolvedMethod") -> A
         full_dims = adapted(0.0)
 
         def aggregate(plans, merged_before):
-            return merge(full_dims, [(p.rank, adapted(p.sparsity_after)) for p in plans], merged_before)
+            groups = Counter((p.rank, p.sparsity_after) for p in plans)
+            return merge(full_dims, [(r, adapted(s), n) for (r, s), n in sorted(groups.items())], merged_before)
 
     evaluate = None
     if sv.eval_sequences > 0:
@@ -453,68 +443,72 @@ class _NowSetter:
         self.predictor.now_s = now_s
 
 
-@dataclass
-class ResolvedMethod:
-    """A method's recipe as the loop needs it, with the policy built for this run's devices."""
+def reward_weights(cfg: RunConfig) -> Any:
+    """The reward's weights from ``policy.reward`` (``rank_ref`` defaults to the arm space's ``r_max``)."""
+    from simfed.decisions.reward import RewardWeights
 
-    name: str
-    prune_mode: str
-    importance: str
-    aggregator: str
-    policy: Any
-
-
-def resolve_method(cfg: RunConfig, population: Population, predictor: TracePredictor) -> ResolvedMethod:
-    """The method's recipe and its policy; errors name the config key."""
-    from simfed.decisions.arms import ArmSpace
-    from simfed.decisions.methods import build_policy, get_method
-
+    weights = dict(cfg.policy.reward)
+    weights.setdefault("rank_ref", cfg.policy.r_max)
     try:
-        recipe = get_method(cfg.method)
+        return RewardWeights.from_dict(weights)
+    except (TypeError, ValueError) as exc:
+        raise config_mod.ConfigError(f"policy.reward: {exc}") from None
+
+
+def resolve_method(cfg: RunConfig, population: Population, predictor: TracePredictor) -> Any:
+    """The run's :class:`~simfed.decisions.methods.Method`, built for its devices; errors name the config key.
+
+    ``method`` is a registered name or a ``module:Class`` path; ``policy.name`` and ``aggregator``, when set,
+    replace the method's own policy (it then gets ``policy.params``) and aggregator. The method's aggregator
+    and importance criterion are checked against the accuracy layer's registries here, once. Only a method
+    that declares ``reads_traces`` (the oracle) receives the trace predictor.
+    """
+    from simfed.accuracy.aggregators import aggregator_class
+    from simfed.accuracy.prune import criterion
+    from simfed.decisions.arms import ArmSpace
+    from simfed.decisions.methods import build_method, get_method
+
+    cls = get_method(cfg.method)
+    if cfg.aggregator:
+        cls = type(cls.__name__, (cls,), {"aggregator": cfg.aggregator, "__module__": cls.__module__})
+    where = f"method {cls.name or cls.__name__!r}"
+    try:
+        aggregator_class(cls.aggregator)
+        criterion(cls.importance)
     except ValueError as exc:
-        raise config_mod.ConfigError(f"method: {exc}") from None
+        raise config_mod.ConfigError(f"{'aggregator' if cfg.aggregator else 'method'}: {where}: {exc}") from None
     arm_space = ArmSpace(p_max=cfg.policy.p_max, r_min=cfg.policy.r_min, r_max=cfg.policy.r_max)
-    params: dict[str, Any] = {"rank": cfg.policy.rank, "s_star": cfg.s_star, "policy": dict(cfg.policy.params),
-                              **cfg.policy.method_params}
-    if cfg.method == "oracle":  # the one labelled exception: it reads the traces
-        params.update(traces=population, predict_completion_s=predictor)
+    params = {"rank": cfg.policy.rank, "s_star": cfg.s_star, **cfg.policy.method_params}
     devices = sorted(d.device_id for d in population.devices)
     types = {d.device_id: d.device_type for d in population.devices}
     try:
-        policy = build_policy(cfg.method, arm_space, devices, types, cfg.seed, params)
+        built = build_method(cls, arm_space, devices, types, cfg.seed, params,
+                             None if cfg.policy.name else cfg.policy.params, traces=predictor,
+                             reward_weights=reward_weights(cfg))
+        if cfg.policy.name:
+            built.replace_policy(build_user_policy(cfg.policy.name, arm_space, cfg.seed, cfg.policy.params))
     except (TypeError, ValueError) as exc:
-        raise config_mod.ConfigError(f"policy: method {cfg.method!r} rejects its parameters: {exc}") from None
-    return ResolvedMethod(recipe.name, recipe.prune_mode, recipe.importance, recipe.aggregator, policy)
+        raise config_mod.ConfigError(f"{where}: {exc}") from None
+    return built
 
 
-def build_training(cfg: RunConfig, method: ResolvedMethod, device_ids: list[str], shared: dict) -> tuple[Any, Any]:
-    """The trainer (pre-trained base, one Shakespeare role per device) and the method's aggregator.
+def build_user_policy(spec: str, arm_space: Any, seed: int, params: dict) -> Any:
+    """``policy.name``: a registered policy or a ``module:Class`` path, with ``policy.params`` (checked)."""
+    from simfed.decisions.policies import POLICIES, Policy
+    from simfed.plugins import load_class
 
-    Devices get roles drawn with the run seed (the same roles for every method of a seed, so methods
-    are compared on the same data), matched to the sorted device ids. The base model and the roles'
-    data go into ``shared``, so checkpoints refer to them instead of copying them.
-    """
-    from simfed.accuracy.aggregators import make_aggregator
-    from simfed.accuracy.data import load_shakespeare
-    from simfed.accuracy.pretrain import PretrainConfig, load_pretrained
-    from simfed.accuracy.train import TrainConfig, Trainer
-    from simfed.experiments.learner import RankScale
+    cls = POLICIES.get(spec) or (load_class(spec, Policy, "policy.name") if ":" in spec else None)
+    if cls is None:
+        raise config_mod.ConfigError(f"policy.name: unknown policy {spec!r} (known: {', '.join(POLICIES)}, "
+                                     "or a module:Class of your own)")
+    kwargs = cls.options().check(dict(params), "policy.params.")
+    return cls(arm_space=arm_space, seed=seed, **kwargs)
 
-    if cfg.model.preset != "tiny":
-        raise config_mod.ConfigError(f"model.preset: full mode is wired for the 'tiny' preset only, got {cfg.model.preset!r}")
-    cache = Path(cfg.model.cache_dir) if cfg.model.cache_dir else None
-    base, _info = load_pretrained(PretrainConfig(preset=cfg.model.preset, corpus=cfg.model.pretrain_corpus), cache=cache)
-    data = load_shakespeare(cache=cache)
-    if len(device_ids) > len(data.clients):
-        raise config_mod.ConfigError(f"traces.devices: {len(device_ids)} devices but only {len(data.clients)} Shakespeare roles")
-    roles = data.pick_clients(len(device_ids), seed=cfg.seed)
-    clients = {dev: data.clients[role] for dev, role in zip(sorted(device_ids), roles)}
-    train_cfg = TrainConfig(batch_size=cfg.train.batch_size, seq_len=cfg.train.seq_len, lr=cfg.train.lr,
-                            criterion=method.importance, seed=cfg.seed)
-    trainer = Trainer(base, clients, train_cfg)
-    r_max = max(cfg.policy.r_max, cfg.policy.rank)
-    aggregator = make_aggregator(method.aggregator, trainer.shape, r_max, RankScale(train_cfg.alpha), cfg.seed)
-    shared["base"] = base
-    shared["clients"] = clients
-    shared.update({f"client:{dev}": cd for dev, cd in clients.items()})
-    return trainer, aggregator
+
+def build_training(cfg: RunConfig, method: Any, device_ids: list[str], shared: dict) -> tuple[Any, Any]:
+    """The trainer and the method's aggregator: :func:`simfed.accuracy.factory.build_training` (the ``tiny``
+    or ``smollm2-135m`` preset, or ``model.path``; one Shakespeare role per device drawn with the run seed;
+    ``train.device`` / ``train.dtype``). The base model and the roles' data go into ``shared``."""
+    from simfed.accuracy.factory import build_training as build
+
+    return build(cfg, method, device_ids, shared)

@@ -54,7 +54,7 @@ def run_timing_study(population, cost, policy: Policy, *, rounds: int, s_star: f
 
     types = {d.device_id: d.device_type for d in population.devices}
     loop = ServerLoop(policy=policy, s_star=s_star, local_iters=local_iters, tau=tau, rounds=rounds,
-                      reward_weights=weights, device_types=types)
+                      reward_weights=weights, device_types=types, keep_rows=True)
     Engine(population, cost, EngineConfig(log_events=False), loop).run(rounds)
     return loop.table()
 

@@ -29,7 +29,7 @@ from simpy.events import NORMAL
 
 from simfed.timing.packed import PackedPopulation
 from simfed.timing.round import DOWN, EngineConfig, EngineError, Timelines, Transfer, close_time, come_online, device_phases
-from simfed.timing.traces import Population
+from simfed.timing.traces import Population, SeriesRef
 
 INF = math.inf
 LATE = NORMAL + 1  # priority of events that must see everything else of their instant first
@@ -275,7 +275,9 @@ class ContendedRounds:
                 else:
                     if begin > env.now:
                         yield env.at(begin)
-                    done = net.start(k, nbytes, links, series)
+                    # the flow's cap is the device's own rate; a library reference as its plain series
+                    cap = series.materialize() if isinstance(series, SeriesRef) else series
+                    done = net.start(k, nbytes, links, cap)
                     yield (done | env.at(off, LATE)) if off < INF else done
                     if done.triggered:
                         return env.now

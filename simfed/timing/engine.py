@@ -26,7 +26,7 @@ with the same rule, so where both apply (nothing shared) they give identical tab
 from __future__ import annotations
 
 import gc
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -138,7 +138,8 @@ class EngineResult:
     :class:`~simfed.timing.log.EventLog`).
     """
 
-    def __init__(self, log: EventLog | None = None) -> None:
+    def __init__(self, log: EventLog | None = None, *, keep_timings: bool = True) -> None:
+        self.keep_timings = keep_timings
         self.rounds: list[RoundTiming] = []
         self.columns: list[TimingColumns] = []
         self.log = log
@@ -147,6 +148,8 @@ class EngineResult:
 
     def add_round(self, rt: RoundTiming, timings: TimingRows) -> None:
         self.rounds.append(rt)
+        if not self.keep_timings:
+            return
         self.columns.append(timings.columns)
         self._timing_parts.append(timings)
         self._timings = None
@@ -197,6 +200,9 @@ class Engine:
         *,
         contended: bool | None = None,
         packed: PackedPopulation | None = None,
+        event_sink: Callable[[Any], None] | None = None,
+        event_sample: np.ndarray | None = None,
+        keep_timings: bool = True,
     ) -> None:
         if len(population) == 0:
             raise ValueError("Engine: the population has no devices")
@@ -211,6 +217,9 @@ class Engine:
         self.config = config
         self.driver = driver
         self._packed = packed
+        self.event_sink = event_sink  # each round's events, as an Arrow table, instead of keeping the log
+        self.event_sample = event_sample  # log only these population positions' events (server events always)
+        self.keep_timings = keep_timings  # keep every round's device timings in the result (memory grows with rounds)
         from simfed.timing.contention import Topology
 
         self.topology = Topology.of(population, config.server_down_bytes_s, config.server_up_bytes_s)
@@ -235,7 +244,8 @@ class Engine:
             raise ValueError(f"max_rounds must be >= 0, got {max_rounds}")
         cfg = self.config
         pk = self.packed
-        result = EngineResult(EventLog(self.device_ids) if cfg.log_events else None)
+        log = EventLog(self.device_ids, sink=self.event_sink, sample=self.event_sample) if cfg.log_events else None
+        result = EngineResult(log, keep_timings=self.keep_timings)
         if self.contended and self._rounds is None:
             from simfed.timing.contention import ContendedRounds
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import functools
 import gc
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
+import pyarrow as pa
 
 from simfed.records import Arm, Event, Outcome
 from simfed.timing.round import OUTCOME_CODE, RoundTiming, TimingColumns
@@ -55,12 +56,19 @@ class EventLog:
     events are stored as arrays and :meth:`columns` and :meth:`events` sort and expand on first use.
     """
 
-    def __init__(self, device_ids: Sequence[str]) -> None:
+    def __init__(self, device_ids: Sequence[str], *, sink: Callable[[pa.Table], None] | None = None,
+                 sample: np.ndarray | None = None) -> None:
+        """``sink``: each round's events are handed to it as an Arrow table (:meth:`table` columns) as soon as
+        the round is logged, and not kept (a long or large run's log streams to disk). ``sample``: a boolean
+        mask over population positions; only those devices' events are logged (server events always)."""
         self.device_ids = device_ids
+        self.sink = sink
+        self.sample = None if sample is None else np.asarray(sample, dtype=bool)
         self._chunks: list[tuple] = []
         self._n = 0
         self._columns: dict[str, np.ndarray] | None = None
         self._events: list[Event] | None = None
+        self._ids: pa.Array | None = None
 
     def add_round(
         self,
@@ -76,15 +84,28 @@ class EventLog:
         """One round's events: ``selected`` positions were selected at ``select_s`` playing ``arms``
         (aligned; None gives empty details); the other events are rows of ``time_s``/``kind``/
         ``position`` (-1 for server events); ``details`` maps (kind code, position) to a detail."""
-        self._chunks.append((round_, float(select_s), np.asarray(selected, dtype=np.int64), arms, time_s, kind, position, details))
+        selected = np.asarray(selected, dtype=np.int64)
+        time_s, kind, position = np.asarray(time_s, dtype=float), np.asarray(kind, dtype=np.int64), np.asarray(position, dtype=np.int64)
+        if self.sample is not None:
+            keep_sel = self.sample[selected]
+            selected = selected[keep_sel]
+            if arms is not None:
+                arms = [a for a, k in zip(arms, keep_sel.tolist()) if k]
+            keep = (position < 0) | self.sample[np.maximum(position, 0)]
+            time_s, kind, position = time_s[keep], kind[keep], position[keep]
+        chunk = (round_, float(select_s), selected, arms, time_s, kind, position, details)
         self._n += len(selected) + len(time_s)
+        if self.sink is not None:
+            self.sink(self._table([chunk]))
+            return
+        self._chunks.append(chunk)
         self._columns = self._events = None
 
     def __len__(self) -> int:
         return self._n
 
-    def _sorted_chunks(self):
-        for r, t_sel, selected, arms, t, kind, pos, details in self._chunks:
+    def _sorted_chunks(self, chunks=None):
+        for r, t_sel, selected, arms, t, kind, pos, details in (self._chunks if chunks is None else chunks):
             n_sel = len(selected)
             tt = np.concatenate([np.full(n_sel, t_sel), np.asarray(t, dtype=float)])
             kk = np.concatenate([np.full(n_sel, _SELECT, dtype=np.int64), np.asarray(kind, dtype=np.int64)])
@@ -125,6 +146,56 @@ class EventLog:
                     gc.enable()
             self._events = out
         return self._events
+
+
+    def table(self) -> pa.Table:
+        """The whole (kept) log as an Arrow table with the columns of ``events.parquet``
+        (:class:`simfed.experiments.tables.EventRow`), built column by column."""
+        return self._table(self._chunks)
+
+    def _table(self, chunks) -> pa.Table:
+        if self._ids is None:
+            self._ids = pa.array(list(self.device_ids) + [""], type=pa.string())  # index -1 -> ""
+        n_ids = len(self.device_ids)
+        times, rounds, where, kinds, details = [], [], [], [], []
+        for r, selected, arms, t, k, p, extra in self._sorted_chunks(chunks):
+            times.append(t)
+            rounds.append(np.full(len(t), r, dtype=np.int64))
+            where.append(np.where(p < 0, n_ids, p))
+            kinds.append(k)
+            detail = np.full(len(t), "", dtype=object)
+            if arms is not None and len(selected):
+                by_pos = dict(zip(selected.tolist(), map(arm_detail, arms)))
+                sel_rows = np.flatnonzero(k == _SELECT)
+                detail[sel_rows] = [by_pos.get(q, "") for q in p[sel_rows].tolist()]
+            if extra:
+                for (kc, pos), text in extra.items():
+                    rows = np.flatnonzero((k == kc) & (p == pos))
+                    detail[rows] = text
+            details.append(detail)
+        if not times:
+            empty = np.empty(0)
+            times, rounds, where, kinds, details = [empty], [empty.astype(np.int64)], [empty.astype(np.int64)], \
+                [empty.astype(np.int64)], [np.empty(0, dtype=object)]
+        return pa.table({
+            "time_s": pa.array(np.concatenate(times), type=pa.float64()),
+            "round": pa.array(np.concatenate(rounds), type=pa.int64()),
+            "device_id": self._ids.take(pa.array(np.concatenate(where))),
+            "kind": pa.array(list(EVENT_KINDS), type=pa.string()).take(pa.array(np.concatenate(kinds))),
+            "detail": pa.array(np.concatenate(details).tolist(), type=pa.string()),
+        })
+
+
+def sample_mask(device_ids: Sequence[str], fraction: float, seed: int = 0) -> np.ndarray | None:
+    """Which devices' events a run logs: each device independently with probability ``fraction`` (by a hash
+    of its id and the seed, so the sample does not depend on the population's order); None for all."""
+    import hashlib
+
+    if fraction >= 1.0:
+        return None
+    cut = int(fraction * 2**64)
+    return np.array([int.from_bytes(hashlib.blake2b(f"{seed}:{d}".encode(), digest_size=8).digest(), "little") < cut
+                     for d in device_ids], dtype=bool)
 
 
 def log_round(log: EventLog, ram_bytes: np.ndarray, rt: RoundTiming, cols: TimingColumns, arms,

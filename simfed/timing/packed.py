@@ -10,7 +10,9 @@ own device's slice, all queries advance one halving step per numpy operation).
 The arithmetic replicates the scalar code operation for operation (same phase wrapping via
 :func:`~simfed.timing.traces.wrap_time`, same bisect sides, same evaluation order), so packed and
 scalar answers are equal, not just close. Cyclic repetition past the period, zero-rate segments and
-all-zero series (finish time ``inf``) behave as in the scalar replay.
+all-zero series (finish time ``inf``) behave as in the scalar replay. Devices that replay a shared
+library series (:class:`~simfed.timing.traces.SeriesRef`) share one copy of it: the packed form
+keeps each distinct base series once and per device only an index, an offset and a scale.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from simfed.timing.traces import Availability, Population, Series
+from simfed.timing.traces import Availability, Population, Series, SeriesRef
 
 __all__ = ["PackedSeries", "PackedAvailability", "PackedPopulation"]
 
@@ -86,84 +88,109 @@ def _wrap(t: np.ndarray, period_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True, eq=False)
 class PackedSeries:
-    """Many :class:`Series` concatenated; query ``i`` refers to series ``idx[i]`` of the input list."""
+    """Many series as arrays; query ``i`` refers to entry ``idx[i]`` of the input list.
 
-    times_s: np.ndarray  # all breakpoints, series after series
+    Each distinct base series (a :class:`Series` object, or the ``base`` of a :class:`SeriesRef`) is
+    stored once, however many entries use it: a population of 10^6 devices that reference 300
+    library series holds 300 series plus four numbers per device (base index, offset, scale and
+    ``c0``, the base's cumulative amount at the offset). Entries that are plain series have offset 0
+    and scale 1; if every entry is plain (``shifted`` False) the offset arithmetic is skipped.
+    """
+
+    times_s: np.ndarray  # all base breakpoints, base series after base series
     values: np.ndarray  # the rate on each breakpoint's segment
-    cum: np.ndarray  # each series' cumulative sums (n+1 entries per series), concatenated
-    t_start: np.ndarray  # series d's breakpoints are times_s[t_start[d]:t_start[d] + n[d]]
+    cum: np.ndarray  # each base series' cumulative sums (n+1 entries per series), concatenated
+    t_start: np.ndarray  # base b's breakpoints are times_s[t_start[b]:t_start[b] + n[b]]
     n: np.ndarray
-    c_start: np.ndarray  # series d's cumulative sums are cum[c_start[d]:c_start[d] + n[d] + 1]
-    period_s: np.ndarray
-    total_per_period: np.ndarray
+    c_start: np.ndarray  # base b's cumulative sums are cum[c_start[b]:c_start[b] + n[b] + 1]
+    base_period_s: np.ndarray  # per base series
+    base_total: np.ndarray  # per base series: amount per period
+    base: np.ndarray  # per entry: index of its base series
+    offset_s: np.ndarray  # per entry (SeriesRef.offset_s; 0 for a plain series)
+    scale: np.ndarray  # per entry (SeriesRef.scale; 1 for a plain series)
+    c0: np.ndarray  # per entry: the base's cumulative amount at the offset
+    period_s: np.ndarray  # per entry
+    total_per_period: np.ndarray  # per entry: scale * the base's amount per period
+    shifted: bool  # some entry has a non-zero offset or a scale other than 1
 
     @classmethod
-    def from_series(cls, series: Sequence[Series]) -> "PackedSeries":
+    def from_series(cls, series: Sequence["Series | SeriesRef"]) -> "PackedSeries":
         if len(series) == 0:
             raise ValueError("PackedSeries needs at least one series")
-        n = np.array([s.times_s.size for s in series], dtype=np.int64)
+        m = len(series)
+        slot: dict[int, int] = {}  # id(base Series) -> base index
+        bases: list[Series] = []
+        base_of = np.empty(m, dtype=np.int64)
+        offset = np.zeros(m, dtype=float)
+        scale = np.ones(m, dtype=float)
+        c0 = np.zeros(m, dtype=float)
+        for i, s in enumerate(series):
+            if type(s) is SeriesRef:
+                b = s.base
+                offset[i], scale[i], c0[i] = s.offset_s, s.scale, s._c0
+            else:
+                b = s
+            k = slot.get(id(b))
+            if k is None:
+                k = slot[id(b)] = len(bases)
+                bases.append(b)
+            base_of[i] = k
+        n = np.array([s.times_s.size for s in bases], dtype=np.int64)
         t_start = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64)
-        c_start = t_start + np.arange(len(series), dtype=np.int64)
+        c_start = t_start + np.arange(len(bases), dtype=np.int64)
         # times_s/values are the float arrays the lists were made from (Series._build), so joining
         # them is exact and avoids converting 10^6 list items one series at a time; the cumulative
         # sums exist only as lists and are streamed into one array.
-        times = np.concatenate([s.times_s for s in series]).astype(float, copy=False)
-        values = np.concatenate([s.values for s in series]).astype(float, copy=False)
-        cum = np.fromiter(chain.from_iterable(s._cum for s in series), dtype=float, count=int(n.sum()) + len(series))
-        period = np.array([s.period_s for s in series], dtype=float)
-        total = cum[c_start + n]
-        return cls(times, values, cum, t_start, n, c_start, period, total)
+        times = np.concatenate([s.times_s for s in bases]).astype(float, copy=False)
+        values = np.concatenate([s.values for s in bases]).astype(float, copy=False)
+        cum = np.fromiter(chain.from_iterable(s._cum for s in bases), dtype=float, count=int(n.sum()) + len(bases))
+        b_period = np.array([s.period_s for s in bases], dtype=float)
+        b_total = cum[c_start + n]
+        shifted = bool((offset != 0.0).any() or (scale != 1.0).any())
+        return cls(times, values, cum, t_start, n, c_start, b_period, b_total, base_of, offset, scale, c0,
+                   b_period[base_of], scale * b_total[base_of], shifted)
 
     def __len__(self) -> int:
-        return int(self.n.size)
+        return int(self.base.size)
 
     def mean(self) -> np.ndarray:
-        """Each series' mean rate over its period."""
+        """Each entry's mean rate over its period."""
         return self.total_per_period / self.period_s
 
-    def _segment(self, idx: np.ndarray, u: np.ndarray) -> np.ndarray:
+    # ---- one base series per query (the scalar Series arithmetic, operation for operation)
+
+    def _segment(self, b: np.ndarray, u: np.ndarray) -> np.ndarray:
         """Absolute index of the segment holding phase ``u`` (``bisect_right(times, u) - 1``)."""
-        ts = self.t_start[idx]
-        n = self.n[idx]
+        ts = self.t_start[b]
+        n = self.n[b]
         with np.errstate(invalid="ignore", over="ignore"):
             # the segment u would fall in if the breakpoints were evenly spaced (checked, so only a hint)
-            guess = ts + 1 + np.nan_to_num(np.floor(u / self.period_s[idx] * n), nan=0.0, posinf=0.0, neginf=0.0).astype(np.int64)
+            guess = ts + 1 + np.nan_to_num(np.floor(u / self.base_period_s[b] * n), nan=0.0, posinf=0.0, neginf=0.0).astype(np.int64)
         i = _checked_guess(self.times_s, ts, ts + n, u, guess, right=True) - 1
         return np.maximum(i, ts)  # u >= 0 == first time, so only a defensive clamp
 
-    def rate_at(self, idx, t) -> np.ndarray:
-        idx, t = np.broadcast_arrays(np.asarray(idx, dtype=np.int64), np.asarray(t, dtype=float))
-        _, u = _wrap(t, self.period_s[idx])
-        return self.values[self._segment(idx, u)]
+    def _base_rate(self, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+        _, u = _wrap(t, self.base_period_s[b])
+        return self.values[self._segment(b, u)]
 
-    def cumulative(self, idx, t) -> np.ndarray:
-        """Amount done from 0 to ``t`` by series ``idx`` (cycling past the period)."""
-        idx, t = np.broadcast_arrays(np.asarray(idx, dtype=np.int64), np.asarray(t, dtype=float))
-        k, u = _wrap(t, self.period_s[idx])
-        i = self._segment(idx, u)
-        ci = self.c_start[idx] + (i - self.t_start[idx])
-        out = k * self.total_per_period[idx] + self.cum[ci] + self.values[i] * (u - self.times_s[i])
+    def _base_cumulative(self, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+        k, u = _wrap(t, self.base_period_s[b])
+        i = self._segment(b, u)
+        ci = self.c_start[b] + (i - self.t_start[b])
+        out = k * self.base_total[b] + self.cum[ci] + self.values[i] * (u - self.times_s[i])
         return np.where(t <= 0, 0.0, out)
 
-    def amount(self, idx, t0, t1) -> np.ndarray:
-        """Amount done between ``t0`` and ``t1`` (FLOPs or bytes), per query."""
-        return self.cumulative(idx, t1) - self.cumulative(idx, t0)
-
-    def finish_time(self, idx, t0, amount) -> np.ndarray:
-        """When ``amount`` started at ``t0`` on series ``idx`` completes; ``inf`` if never."""
-        idx, t0, amount = np.broadcast_arrays(
-            np.asarray(idx, dtype=np.int64), np.asarray(t0, dtype=float), np.asarray(amount, dtype=float)
-        )
+    def _base_finish(self, b: np.ndarray, t0: np.ndarray, amount: np.ndarray) -> np.ndarray:
         out = np.array(t0, dtype=float, copy=True)
-        total_all = self.total_per_period[idx]
+        total_all = self.base_total[b]
         never = (amount > 0) & (total_all <= 0)
         out[never] = np.inf
         q = np.flatnonzero((amount > 0) & (total_all > 0))
         if q.size == 0:
             return out
-        d = idx[q]
+        d = b[q]
         total = total_all[q]
-        target = self.cumulative(d, t0[q]) + amount[q]
+        target = self._base_cumulative(d, t0[q]) + amount[q]
         k = np.floor(target / total)
         rem = target - k * total
         boundary = rem <= 0.0  # lands exactly on a period boundary: the earliest such time
@@ -173,8 +200,43 @@ class PackedSeries:
         j = _segmented_bisect(self.cum, cs, cs + self.n[d] + 1, rem, right=False)
         i_local = np.minimum(j - cs - 1, self.n[d] - 1)
         i = self.t_start[d] + i_local
-        out[q] = k * self.period_s[d] + self.times_s[i] + (rem - self.cum[cs + i_local]) / self.values[i]
+        out[q] = k * self.base_period_s[d] + self.times_s[i] + (rem - self.cum[cs + i_local]) / self.values[i]
         return out
+
+    # ---- per entry: through the entry's offset and scale (SeriesRef's arithmetic)
+
+    def rate_at(self, idx, t) -> np.ndarray:
+        idx, t = np.broadcast_arrays(np.asarray(idx, dtype=np.int64), np.asarray(t, dtype=float))
+        b = self.base[idx]
+        if not self.shifted:
+            return self._base_rate(b, t)
+        return self.scale[idx] * self._base_rate(b, t + self.offset_s[idx])
+
+    def cumulative(self, idx, t) -> np.ndarray:
+        """Amount done from 0 to ``t`` by entry ``idx`` (cycling past the period)."""
+        idx, t = np.broadcast_arrays(np.asarray(idx, dtype=np.int64), np.asarray(t, dtype=float))
+        b = self.base[idx]
+        if not self.shifted:
+            return self._base_cumulative(b, t)
+        out = self.scale[idx] * (self._base_cumulative(b, t + self.offset_s[idx]) - self.c0[idx])
+        return np.where(t <= 0, 0.0, out)
+
+    def amount(self, idx, t0, t1) -> np.ndarray:
+        """Amount done between ``t0`` and ``t1`` (FLOPs or bytes), per query."""
+        return self.cumulative(idx, t1) - self.cumulative(idx, t0)
+
+    def finish_time(self, idx, t0, amount) -> np.ndarray:
+        """When ``amount`` started at ``t0`` on entry ``idx`` completes; ``inf`` if never."""
+        idx, t0, amount = np.broadcast_arrays(
+            np.asarray(idx, dtype=np.int64), np.asarray(t0, dtype=float), np.asarray(amount, dtype=float)
+        )
+        b = self.base[idx]
+        if not self.shifted:
+            return self._base_finish(b, t0, amount)
+        off = self.offset_s[idx]
+        start = np.where(t0 > 0.0, t0, 0.0) + off
+        out = self._base_finish(b, start, amount / self.scale[idx]) - off
+        return np.where(amount > 0, out, t0)
 
 
 @dataclass(frozen=True, eq=False)

@@ -249,22 +249,23 @@ def device_phases(tl: Timelines, rows: np.ndarray, traces: PackedPopulation, ava
     start = tl.start[rows]
     ready, off = tl.ready[rows], tl.off[rows]
     finish = compute_end if compute_end is not None else traces.compute_flops.finish_time
-    with np.errstate(all="ignore"):
-        dl = np.asarray((yield Transfer(DOWN, rows, ready, tl.down[rows], off)), dtype=float)
-        oom = tl.mem[rows] > traces.ram_bytes[idx]
-        drop_dl = dl > off
-        go = np.flatnonzero(~drop_dl & ~oom & (dl < INF))
-        ce = np.full(n, INF)
-        if go.size:
+    # (no np.errstate around a yield: a generator may be finalised in another context)
+    dl = np.asarray((yield Transfer(DOWN, rows, ready, tl.down[rows], off)), dtype=float)
+    oom = tl.mem[rows] > traces.ram_bytes[idx]
+    drop_dl = dl > off
+    go = np.flatnonzero(~drop_dl & ~oom & (dl < INF))
+    ce = np.full(n, INF)
+    if go.size:
+        with np.errstate(all="ignore"):
             ce[go] = finish(idx[go], dl[go], tl.flops[rows[go]])
-        drop_c = np.zeros(n, dtype=bool)
-        drop_c[go] = ce[go] > off[go]
-        tl.dl[rows], tl.oom[rows], tl.drop_dl[rows], tl.ce[rows], tl.drop_c[rows] = dl, oom, drop_dl, ce, drop_c
-        go = go[~drop_c[go] & (ce[go] < INF)]
-        ue = np.full(n, INF)
-        ue[go] = (yield Transfer(UP, rows[go], ce[go], tl.up[rows[go]], off[go]))
-        drop_u = np.zeros(n, dtype=bool)
-        drop_u[go] = ue[go] > off[go]
+    drop_c = np.zeros(n, dtype=bool)
+    drop_c[go] = ce[go] > off[go]
+    tl.dl[rows], tl.oom[rows], tl.drop_dl[rows], tl.ce[rows], tl.drop_c[rows] = dl, oom, drop_dl, ce, drop_c
+    go = go[~drop_c[go] & (ce[go] < INF)]
+    ue = np.full(n, INF)
+    ue[go] = (yield Transfer(UP, rows[go], ce[go], tl.up[rows[go]], off[go]))
+    drop_u = np.zeros(n, dtype=bool)
+    drop_u[go] = ue[go] > off[go]
     fin = np.zeros(n, dtype=bool)
     fin[go] = ~drop_u[go] & (ue[go] < INF)
     dropped = drop_dl | drop_c | drop_u
@@ -290,7 +291,8 @@ def private_transfer(traces: PackedPopulation, tl: Timelines, req: Transfer) -> 
     """End times of ``req`` over the devices' own links: latency, then the bytes through their series."""
     series = traces.down_bps if req.direction == DOWN else traces.up_bps
     idx = tl.positions[req.rows]
-    return series.finish_time(idx, req.ready_s + traces.latency_s[idx], req.nbytes)
+    with np.errstate(all="ignore"):
+        return series.finish_time(idx, req.ready_s + traces.latency_s[idx], req.nbytes)
 
 
 def run_private(tl: Timelines, traces: PackedPopulation, availability: str) -> None:

@@ -6,6 +6,10 @@ online, its RAM, and a type label. Every series is piecewise constant and repeat
 so a finite measurement can drive an arbitrarily long simulation (as FedScale's availability trace
 does with its 6-day cycle).
 
+A device may also replay a shared *base* series with its own time offset and rate scale
+(:class:`SeriesRef`): a trace library of a few hundred measured series (Mahimahi or 5G runs) then
+serves a million devices, each starting at its own point of one of them, without a copy per device.
+
 This module only holds the data and the exact maths on one series; reading and writing the
 on-disk format lives in :mod:`simfed.timing.tracefile`, generators in
 :mod:`simfed.timing.generators`, public-format importers in :mod:`simfed.timing.importers`.
@@ -17,6 +21,7 @@ import bisect
 import math
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -100,6 +105,9 @@ class Series:
         ``amounts`` (``v * segment durations``, computed for all devices at once), which is the
         same arithmetic as below and so gives identical sums.
         """
+        if t.size == 1:  # one segment (a constant rate): the same sums without the array round trip
+            a = float(amounts[0]) if amounts is not None else float(v[0] * (period_s - t[0]))
+            return cls(t, v, period_s, [0.0, a], [float(t[0])], [float(v[0])])
         if amounts is None:
             amounts = v * np.diff(np.append(t, period_s))
         cum = np.concatenate([[0.0], np.cumsum(amounts)])
@@ -108,6 +116,23 @@ class Series:
     @classmethod
     def constant(cls, value: float, *, where: str = "series") -> "Series":
         return cls.make([0.0], [value], 1.0, where=where)
+
+    @classmethod
+    def constants(cls, values, *, where: str = "series") -> list["Series"]:
+        """``[Series.constant(v) for v in values]``, validated at once (for 10^6 devices).
+
+        Raises:
+            TraceError: a value that is NaN, infinite or negative (``where`` and its position named).
+        """
+        v = np.asarray(values, dtype=float).ravel()
+        bad = ~np.isfinite(v) | (v < 0)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise TraceError(f"{where}: constant rate {float(v[i])!r} at position {i} must be finite and >= 0")
+        zero = np.zeros(1)
+        # what _build computes for one segment of period 1: amount v * (1 - 0), cumulative sums [0, amount]
+        amounts = (v * 1.0).tolist()
+        return [cls(zero, v[i : i + 1], 1.0, [0.0, a], [0.0], [x]) for i, (x, a) in enumerate(zip(v.tolist(), amounts))]
 
     @property
     def total_per_period(self) -> float:
@@ -205,6 +230,163 @@ class Series:
             if nxt > t:
                 return nxt
             i += 1
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class SeriesRef:
+    """A base :class:`Series` replayed from its own time offset and at its own scale: ``rate(t) = scale * base(t + offset_s)``.
+
+    This is how a device uses a series of a trace library (``traces/SCHEMA.md`` §1, *library*): many
+    devices share one ``base`` object and differ only in ``offset_s`` (seconds into the base series
+    at which the device's time 0 falls, as simulators assign a Mahimahi trace to a client with a
+    random start offset) and ``scale`` (a dimensionless multiplier of the base rate). ``series_id``
+    names the library series (``None``: the device's own rows, shifted and scaled the same way).
+
+    Replay uses the base's cumulative sums, with ``C`` the base's cumulative amount
+    (:meth:`Series.cumulative`) and ``c0 = C(offset_s)``:
+
+    - ``cumulative(t) = scale * (C(t + offset_s) - c0)`` for ``t > 0`` (0 before),
+    - ``finish_time(t0, a) = base.finish_time(max(t0, 0) + offset_s, a / scale) - offset_s``,
+    - ``rate_at(t) = scale * base.rate_at(t + offset_s)``, ``next_change`` likewise shifted.
+
+    :class:`simfed.timing.packed.PackedSeries` performs the same operations in the same order, so
+    packed and scalar answers are equal bit for bit; with ``offset_s = 0`` and ``scale = 1`` every
+    answer equals the base's own. The same device written out with the rotated and scaled rows of
+    its own (:meth:`materialize`, today's per-device form) describes the same rate function, but its
+    cumulative sums are summed in rotated order, so its answers agree only to float round-off
+    (relative ~1e-15), not bit for bit.
+
+    Raises:
+        TraceError: ``offset_s`` not finite or negative, ``scale`` not finite or not positive.
+    """
+
+    base: Series
+    offset_s: float = 0.0
+    scale: float = 1.0
+    series_id: str | None = None
+    _c0: float = field(init=False, repr=False, default=0.0)
+    _flat: "Series | None" = field(init=False, repr=False, default=None)
+
+    @classmethod
+    def _trusted(cls, base: Series, offset_s: float, scale: float, series_id: str | None, c0: float) -> "SeriesRef":
+        """Build without checks, with ``c0 = base.cumulative(offset_s)`` computed by the caller.
+
+        The bulk loader validates every offset and scale at once and computes all ``c0`` with
+        :class:`simfed.timing.packed.PackedSeries` (equal to the scalar answer, bit for bit).
+        """
+        ref = object.__new__(cls)
+        set_ = object.__setattr__
+        set_(ref, "base", base)
+        set_(ref, "offset_s", offset_s)
+        set_(ref, "scale", scale)
+        set_(ref, "series_id", series_id)
+        set_(ref, "_c0", c0)
+        set_(ref, "_flat", None)
+        return ref
+
+    def __post_init__(self) -> None:
+        off, sc = float(self.offset_s), float(self.scale)
+        name = f"library series {self.series_id!r}" if self.series_id is not None else "shifted series"
+        if not (math.isfinite(off) and off >= 0.0):
+            raise TraceError(f"{name}: offset {self.offset_s!r} must be a finite time >= 0")
+        if not (math.isfinite(sc) and sc > 0.0):
+            raise TraceError(f"{name}: scale {self.scale!r} must be a finite number > 0")
+        object.__setattr__(self, "offset_s", off)
+        object.__setattr__(self, "scale", sc)
+        object.__setattr__(self, "_c0", self.base.cumulative(off))
+
+    @property
+    def period_s(self) -> float:
+        return self.base.period_s
+
+    @property
+    def total_per_period(self) -> float:
+        return self.scale * self.base.total_per_period
+
+    def mean(self) -> float:
+        return self.total_per_period / self.base.period_s
+
+    def rate_at(self, t: float) -> float:
+        return self.scale * self.base.rate_at(t + self.offset_s)
+
+    def cumulative(self, t: float) -> float:
+        """Amount done from time 0 to ``t`` (cycling past the period)."""
+        if t <= 0:
+            return 0.0
+        return self.scale * (self.base.cumulative(t + self.offset_s) - self._c0)
+
+    def amount(self, t0: float, t1: float) -> float:
+        """Amount done between ``t0`` and ``t1`` (work in FLOPs, or bytes)."""
+        return self.cumulative(t1) - self.cumulative(t0)
+
+    def finish_time(self, t0: float, amount: float) -> float:
+        """The time at which ``amount`` started at ``t0`` completes; ``inf`` if it never does."""
+        if amount <= 0:
+            return t0
+        start = t0 if t0 > 0.0 else 0.0
+        return self.base.finish_time(start + self.offset_s, amount / self.scale) - self.offset_s
+
+    def next_change(self, t: float) -> float:
+        """The earliest base breakpoint, in device time, strictly after ``t``; ``inf`` for one segment."""
+        x = t + self.offset_s
+        while True:  # normally one pass; more only where subtracting the offset rounds back to <= t
+            nxt = self.base.next_change(x)
+            out = nxt - self.offset_s
+            if out > t:
+                return out
+            x = nxt
+
+    def materialize(self) -> Series:
+        """The same rate function as a plain :class:`Series`: the base rotated by the offset, values times the scale.
+
+        Times are ``times_s[i] - u`` and ``(period - u) + times_s[i]`` for the phase ``u`` of the
+        offset (exact for integer times and offsets); a breakpoint that rounds onto the next one is
+        dropped. Computed on first use and cached.
+        """
+        flat = self._flat
+        if flat is None:
+            flat = _rotate(self.base, self.offset_s, self.scale)
+            object.__setattr__(self, "_flat", flat)
+        return flat
+
+    # The per-device arrays, for code that walks a series' breakpoints itself (the shared-network
+    # cursor in :mod:`simfed.timing.network`, summaries, writers of the flat form): the materialised form.
+    @property
+    def times_s(self) -> np.ndarray:
+        return self.materialize().times_s
+
+    @property
+    def values(self) -> np.ndarray:
+        return self.materialize().values
+
+    @property
+    def _times(self) -> list:
+        return self.materialize()._times
+
+    @property
+    def _vals(self) -> list:
+        return self.materialize()._vals
+
+    @property
+    def _cum(self) -> list:
+        return self.materialize()._cum
+
+
+def _rotate(base: Series, offset_s: float, scale: float) -> Series:
+    """``base`` started at ``offset_s`` and scaled: see :meth:`SeriesRef.materialize`."""
+    period = base.period_s
+    _, u = wrap_time(offset_s, period)
+    t, v = base.times_s, base.values
+    j = int(np.searchsorted(t, u, side="right")) - 1  # the segment holding the phase
+    head_t = t[j + 1:] - u
+    tail_idx = np.arange(j + 1) if t[j] < u else np.arange(j)
+    times = np.concatenate([[0.0], head_t, (period - u) + t[tail_idx]])
+    values = np.concatenate([[v[j]], v[j + 1:], v[tail_idx]]) * scale
+    # float rounding may collapse a segment to zero length (equal neighbours) or put the last
+    # breakpoint on the period: drop such empty segments (the earlier of two equal breakpoints)
+    keep = np.append(times[1:] > times[:-1], times[-1] < period)
+    times, values = times[keep], values[keep]
+    return Series.make(times, values, period, where="materialised library series")
 
 
 @dataclass(frozen=True, eq=False)
@@ -338,9 +520,9 @@ class DeviceTrace:
 
     device_id: str
     device_type: str
-    compute_flops: Series  # effective training throughput, FLOP/s
-    down_bps: Series  # downlink, bytes/s
-    up_bps: Series  # uplink, bytes/s
+    compute_flops: "Series | SeriesRef"  # effective training throughput, FLOP/s
+    down_bps: "Series | SeriesRef"  # downlink, bytes/s
+    up_bps: "Series | SeriesRef"  # uplink, bytes/s
     latency_s: float  # one-way latency added to every transfer
     ram_bytes: float
     availability: Availability = field(default_factory=Availability.always)
@@ -349,11 +531,18 @@ class DeviceTrace:
 
 @dataclass(frozen=True, eq=False)
 class Population:
-    """A set of device traces, the access points they share, and free-form provenance (generator, seed, sources)."""
+    """A set of device traces, the access points they share, and free-form provenance (generator, seed, sources).
+
+    ``library`` holds the trace library's base series by kind and name (``{"downlink": {"cell-000":
+    Series, ...}, ...}``; kinds ``compute``, ``downlink``, ``uplink``): devices use them through
+    :class:`SeriesRef` objects whose ``series_id`` is the name. It may list series no device uses;
+    writers also collect the bases of the devices' references.
+    """
 
     devices: tuple[DeviceTrace, ...]
     meta: dict = field(default_factory=dict)
     access_points: dict = field(default_factory=dict)  # name -> AccessPoint
+    library: dict = field(default_factory=dict)  # kind -> {series_id: Series}
 
     def __post_init__(self) -> None:
         for d in self.devices:
@@ -369,3 +558,25 @@ class Population:
 
     def types(self) -> list[str]:
         return sorted({d.device_type for d in self.devices})
+
+
+@dataclass(frozen=True, eq=False)
+class PopulationStream:
+    """A population delivered chunk by chunk, so that 10^6 devices never need to be in memory at once.
+
+    ``chunks()`` yields tuples of :class:`DeviceTrace` (each call starts again and yields the same
+    devices); ``meta``, ``access_points`` and ``library`` are those of the whole population.
+    :class:`simfed.timing.tracefile.TraceWriter` writes one chunk at a time; :meth:`population`
+    collects them all.
+    """
+
+    chunks: "Callable[[], Iterator[tuple[DeviceTrace, ...]]]"
+    n_devices: int
+    meta: dict = field(default_factory=dict)
+    access_points: dict = field(default_factory=dict)
+    library: dict = field(default_factory=dict)
+
+    def population(self) -> Population:
+        """All chunks as one :class:`Population`."""
+        devices = tuple(d for chunk in self.chunks() for d in chunk)
+        return Population(devices, self.meta, self.access_points, self.library)

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from simfed import config as config_mod
-from simfed.decisions.methods import METHODS, all_param_names, all_policy_param_names, build_policy
+from simfed.decisions.methods import METHODS, all_param_names, all_policy_param_names, build_method
 from simfed.decisions.arms import ArmSpace
 from simfed.decisions.policies import POLICIES, make_policy
 from simfed.errors import OptionError
@@ -163,7 +163,7 @@ def test_misspelt_method_params_are_refused(data):
     msg = _one_line_naming(info.value, f"policy.method_params.{typo}")
     assert "accepted:" in msg and name in msg
     with pytest.raises(OptionError) as info:
-        build_policy(method, ArmSpace(), ["d"], {"d": "tx2"}, 0, {typo: 1, "s_star": 0.5})
+        build_method(method, ArmSpace(), ["d"], {"d": "tx2"}, 0, {typo: 1, "s_star": 0.5})
     _one_line_naming(info.value, typo)
 
 

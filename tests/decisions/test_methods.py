@@ -1,16 +1,24 @@
 import pytest
 
 from simfed.decisions.arms import ArmSpace
-from simfed.decisions.methods import METHODS, build_policy, get_method
+from simfed.decisions.methods import METHODS, Method, build_method, get_method
 from simfed.decisions.policies import DiscountedUCB, Fixed, Oracle, SUCB
 from simfed.records import Arm
 
 SPACE = ArmSpace()
+
+
+def build_policy(name, space, ids, types, seed, params=None):
+    """The policy a method builds (the method's parameters and, under ``policy``, its policy's options)."""
+    params = dict(params or {})
+    policy_params = params.pop("policy", None)
+    traces = params.pop("predict_completion_s", None)
+    return build_method(name, space, ids, types, seed, params, policy_params, traces=traces).policy
 IDS = ["tx2-0", "nx-1", "agx-2"]
 TYPES = {"tx2-0": "tx2", "nx-1": "xavier-nx", "agx-2": "agx-xavier"}
 
 
-def test_recipes_declare_their_layers():
+def test_methods_declare_their_layers():
     assert get_method("fedspine").prune_mode == "iterative" and get_method("fedspine").aggregator == "flexlora"
     assert get_method("hetlora").prune_mode == "none" and get_method("hetlora").aggregator == "hetlora"
     ptt = get_method("prune-then-tune")
@@ -54,12 +62,13 @@ def test_fedmp_and_ablations_fix_one_coordinate():
 
 
 def test_oracle_needs_traces_and_is_labelled():
-    with pytest.raises(ValueError, match="traces"):
+    with pytest.raises(ValueError, match="trace predictor"):
         build_policy("oracle", SPACE, IDS, TYPES, 0)
     params = Oracle._test_params()[0]
-    pol = build_policy("oracle", SPACE, list(params["traces"]), {}, 0, params)
+    ids = ["d0", "d1", "d2", "d3"]
+    pol = build_policy("oracle", SPACE, ids, {}, 0, params)
     assert pol.reads_traces
-    arms = pol.select(0, list(params["traces"]))
+    arms = pol.select(0, ids)
     # the fastest device gets at least the rank of the slowest, and the slowest plays a fast arm
     assert arms["d3"].r >= arms["d0"].r
     times = {d: params["predict_completion_s"](d, a, 0.0) for d, a in arms.items()}
@@ -69,9 +78,69 @@ def test_oracle_needs_traces_and_is_labelled():
 
 def test_every_method_builds():
     params = {"s_star": 0.5, **Oracle._test_params()[0]}
-    ids = list(params["traces"])
+    ids = ["d0", "d1", "d2", "d3"]
     for name in METHODS:
         pol = build_policy(name, SPACE, ids, {d: "tx2" for d in ids}, 0, params)
         arms = pol.select(0, ids)
         assert all(SPACE.contains(a) for a in arms.values()), name
     assert isinstance(build_policy("prune-then-tune", SPACE, ids, {}, 0), Fixed)
+
+
+def test_only_a_method_that_declares_it_sees_the_traces():
+    predictor = Oracle._test_params()[0]["predict_completion_s"]
+    fedspine = build_method("fedspine", SPACE, IDS, TYPES, 0, traces=predictor)
+    oracle = build_method("oracle", SPACE, ["d0", "d1"], {}, 0, traces=predictor)
+    assert fedspine.context.traces is None and oracle.context.traces is predictor
+
+
+def test_a_method_turns_arms_into_plans_by_its_schedule():
+    uniform = build_method("uniform", SPACE, IDS, TYPES, 0, {"s_star": 0.5, "rounds_to_target": 2, "rank": 4})
+    sparsity = {"tx2-0": 0.0, "nx-1": 0.25, "agx-2": 0.5}
+    plans = uniform.plans(0, IDS, sparsity, s_star=0.5, local_iters=10, tau=5)
+    assert [(p.sparsity_before, p.sparsity_after, p.rank) for p in plans] == [(0.0, 0.25, 4), (0.25, 0.5, 4), (0.5, 0.5, 4)]
+    hetlora = build_method("hetlora", SPACE, IDS, TYPES, 0)
+    assert all(p.sparsity_after == 0.0 and p.arm.p == 0.0 for p in hetlora.plans(0, IDS, {d: 0.0 for d in IDS},
+                                                                                  s_star=0.5, local_iters=1, tau=1))
+    ptt = build_method("prune-then-tune", SPACE, IDS, TYPES, 0)
+    assert ptt.start_sparsity(0.5) == 0.5 and uniform.start_sparsity(0.5) == 0.0
+
+
+def test_a_user_method_by_import_path(tmp_path, monkeypatch):
+    (tmp_path / "my_methods.py").write_text(
+        "from simfed.decisions.methods import Method\n"
+        "class Greedy(Method):\n"
+        "    name = 'greedy'\n"
+        "    policy_name = 'ucb1'\n"
+        "    forwards_policy_params = True\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cls = get_method("my_methods:Greedy")
+    assert issubclass(cls, Method) and cls.name == "greedy"
+    assert get_method(f"{tmp_path / 'my_methods.py'}:Greedy").name == "greedy"
+    from simfed.errors import OptionError
+
+    with pytest.raises(OptionError, match="has no 'Nope'"):
+        get_method("my_methods:Nope")
+    with pytest.raises(OptionError, match="cannot import 'no_such_module'"):
+        get_method("no_such_module:X")
+
+
+def test_method_state_round_trips():
+    """A method's state_dict restores its policy's learning exactly: same choices afterwards."""
+    from simfed.records import Observation, Outcome
+
+    def play(method, rounds):
+        out = []
+        for t in rounds:
+            arms = method.policy.select(t, IDS)
+            obs = [Observation(t, d, a, Outcome.OK, 10.0 + i, 11.0, 0.0, a.p, 0.5) for i, (d, a) in enumerate(arms.items())]
+            method.learn(t, obs, method.rewards(obs))
+            out.append(arms)
+        return out
+
+    a = build_method("fedspine", SPACE, IDS, TYPES, 3)
+    play(a, range(5))
+    state = a.state_dict()
+    b = build_method("fedspine", SPACE, IDS, TYPES, 3)
+    b.load_state_dict(state)
+    assert play(a, range(5, 10)) == play(b, range(5, 10))

@@ -33,7 +33,7 @@ def fake_run(root, method, seed, round_s, acc_step, oracle=False):
                "final_accuracy": acc_step * 4, "final_sparsity": 0.5, "mean_wait_s": 1.0}
     rd = RunDir(root / f"{method}-s{seed}")
     rd.write_config(f'method = "{method}"\nseed = {seed}\n')
-    rd.write_results(events, rounds, devs, summary)
+    rd.write_tables(events, rounds, devs, summary)
     return rd.path
 
 

@@ -13,7 +13,8 @@ from scipy import stats
 
 from analysis import compare, load
 from simfed.cli import main
-from simfed.experiments.outputs import DEVICE_ROUND_COLUMNS, ROUND_COLUMNS, RunDir
+from simfed.experiments.outputs import DEVICE_ROUND_COLUMNS, ROUND_COLUMNS, RunDir, records
+from simfed.experiments.tables import DeviceRoundRow, RoundRow, RunTotals
 from simfed.experiments.runner import summarise
 
 
@@ -41,7 +42,7 @@ def fake_run(root, method: str, seed: int, rounds: list[tuple], s_star: float = 
             "mean_wait_s": mean_wait_s, "inference_flops_rel": 1.0 - s_star}
     rd = RunDir(root / f"{method}-s{seed}")
     rd.write_config(f'method = "{method}"\nseed = {seed}\n')
-    rd.write_results([], rows, devs, base | (summary or {}))
+    rd.write_tables([], rows, devs, base | (summary or {}))
     return rd.path
 
 
@@ -79,13 +80,16 @@ def test_time_to_accuracy_agrees_with_the_runner(tmp_path):
     devs = [device_row(i, spec[0]) for i, spec in enumerate(specs)]
     cfg = SimpleNamespace(name="t", method="fedspine", seed=3, mode="full", target_accuracy=0.5,
                           train=SimpleNamespace(seq_len=8))
-    loop = SimpleNamespace(state=SimpleNamespace(round_rows=rows, device_rows=devs, sparsity={"d0": 0.5}), s_star=0.5)
+    totals = RunTotals(s_star=0.5, target_accuracy=0.5)
+    for row, dev in zip(records(rows, RoundRow), records(devs, DeviceRoundRow)):
+        totals.add(row, [dev])
+    loop = SimpleNamespace(state=SimpleNamespace(totals=totals, sparsity={"d0": 0.5}), s_star=0.5)
     cost = SimpleNamespace(inference_flops=lambda s, n: (1.0 - s) * n, inference_memory_bytes=lambda s: 1.0 - s)
     summary = summarise(cfg, loop, {"accuracy": 0.55, "loss": 1.0}, cost, n_devices=1)
     assert summary["time_to_target_s"] == 40.0  # sanity: the runner skips rounds 1 and 2
     rd = RunDir(tmp_path / "fedspine-s3")
     rd.write_config('method = "fedspine"\nseed = 3\n')
-    rd.write_results([], rows, devs, summary)
+    rd.write_tables([], rows, devs, summary)
     runs = load.load_runs([tmp_path], events=False)
     tta = compare.time_to_accuracy(runs, summary["target_accuracy"])
     assert times(tta, "fedspine") == {3: (summary["time_to_target_s"], summary["rounds_to_target"])}

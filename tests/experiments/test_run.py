@@ -158,3 +158,19 @@ def test_discarded_work_does_not_advance_sparsity(tiny_config, tmp_path):
             prev = row
     late = devs[devs["outcome"] == "late"]
     assert late["wait_s"].isna().all() and (late["reward"] == 0).all()
+
+
+def test_a_sample_of_devices_is_logged(tiny_config, tmp_path):
+    """engine.log_sample: only a hashed sample of the devices' events is logged (server events always); the
+    round tables are whole, and the sample does not change the simulation."""
+    run_config(C.load(tiny_config, ["rounds=3"]), tmp_path / "all", progress=False)
+    run_config(C.load(tiny_config, ["rounds=3", "engine.log_sample=0.5"]), tmp_path / "half", progress=False)
+    full, half = tables(tmp_path / "all"), tables(tmp_path / "half")
+    assert_frame_equal(full["rounds"], half["rounds"])
+    assert_frame_equal(full["device_rounds"], half["device_rounds"])
+    logged = set(half["events"]["device_id"]) - {""}
+    assert 0 < len(logged) < full["events"]["device_id"].nunique() - 1
+    server = full["events"][full["events"]["device_id"] == ""]
+    assert_frame_equal(server.reset_index(drop=True), half["events"][half["events"]["device_id"] == ""].reset_index(drop=True))
+    mine = full["events"][full["events"]["device_id"].isin(logged)].reset_index(drop=True)
+    assert_frame_equal(mine, half["events"][half["events"]["device_id"].isin(logged)].reset_index(drop=True))

@@ -70,6 +70,6 @@ def test_user_errors_exit_2_with_one_line(tmp_path: Path, capsys, argv, message)
 def test_shipped_testbed_matches_the_generator(tmp_path: Path):
     """traces/fedspine-testbed is exactly what `simfed traces generate fedspine-testbed --seed 0` writes."""
     assert main(["traces", "generate", "fedspine-testbed", "--out", str(tmp_path / "tb"), "--seed", "0"]) == 0
-    for name in ("devices.csv", "compute.csv", "downlink.csv", "uplink.csv", "meta.json"):
+    for name in ("devices.csv", "compute.csv", "downlink.csv", "uplink.csv", "aps.csv", "meta.json"):
         assert (tmp_path / "tb" / name).read_bytes() == (SHIPPED / name).read_bytes(), name
     assert sum(p.stat().st_size for p in SHIPPED.iterdir()) < 5 * 1024**2

@@ -32,7 +32,7 @@ def test_same_seed_same_population_other_seed_differs(name):
 
 
 def test_testbed_mix_ram_and_power_modes():
-    pop = generate("fedspine-testbed")
+    pop = generate("fedspine-testbed-wifi")
     types = [d.device_type for d in pop.devices]
     assert (types.count("tx2"), types.count("xavier-nx"), types.count("agx-xavier")) == (30, 40, 10)
     assert len({d.device_id for d in pop.devices}) == 80
@@ -61,7 +61,7 @@ def test_testbed_peak_specs_match_published_numbers():
 
 
 def test_testbed_wifi_bandwidth_follows_flash_distribution():
-    pop = generate("fedspine-testbed", n_devices=800, seed=1)
+    pop = generate("fedspine-testbed-wifi", n_devices=800, seed=1)
     down_kib = np.array([d.down_bps.mean() for d in pop.devices]) / 1024
     up_kib = np.array([d.up_bps.mean() for d in pop.devices]) / 1024
     # medians of per-device means land near FLASH's medians (4,318 / 3,286 KB/s)

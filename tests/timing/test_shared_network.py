@@ -172,3 +172,20 @@ def test_capacities_are_read_in_the_directory_units(tmp_path) -> None:
     (tmp_path / "t" / "aps.csv").write_text("ap,downlink,uplink,duplex\nlab,400,,half\n")
     ap = read_population(tmp_path / "t").access_points["lab"]
     assert ap.downlink_bps == pytest.approx(50e6) and ap.duplex == "half"
+
+
+def test_library_referenced_devices_share_access_points() -> None:
+    """Devices whose series reference a trace library (offset, scale) are capped by their own rate on a shared
+    access point like any other device: the run completes, deterministically, and sharing slows it down."""
+    from simfed.timing.generators import generate
+
+    def run(aps: int):
+        pop = generate("phones", n_devices=60, seed=1, library_size=8, access_points=aps, ap_downlink_bytes_s=1e6,
+                       availability=False)
+        cost = TableCost(PlanCost(flops=2e10, down_bytes=4e6, up_bytes=4e6, memory_bytes=1.0))
+        return Engine(pop, cost, EngineConfig(), fixed_loop()).run(2)
+
+    a, b, private = run(2), run(2), run(0)
+    assert timing_rows(a.timings) == timing_rows(b.timings)
+    assert all(x.close_s >= y.close_s for x, y in zip(a.rounds, private.rounds))
+    assert a.rounds[0].close_s > private.rounds[0].close_s

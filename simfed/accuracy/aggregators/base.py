@@ -120,6 +120,7 @@ class Aggregator(ABC):
         scale_rule: ScaleRule,
         seed: int,
         modules: Sequence[str] = MODULES,
+        device: torch.device | str | None = None,
     ) -> None:
         if int(r_max) != r_max or r_max < 1:
             raise ValueError(f"{self.name}: r_max must be a positive integer, got {r_max!r}")
@@ -132,7 +133,13 @@ class Aggregator(ABC):
         self.seed = int(seed)
         self.modules = tuple(m for m in MODULES if m in modules)
         self.rounds = 0  # aggregations done that received at least one update
+        # where the global adapter lives and is merged (train.device); uploads are moved here
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.init_A = self._round0_init()
+
+    def on_device(self) -> torch.device:
+        """A context in which torch's factory functions allocate on :attr:`device` (wraps every public method)."""
+        return torch.device(self.device)
 
     # ------------------------------------------------------------------ public interface
     def keys(self) -> list[Key]:
@@ -144,9 +151,10 @@ class Aggregator(ABC):
         self._check_rank(rank, "factors_for")
         self._check_kept(kept, "factors_for")
         scale = self._scale(rank)
-        if self.rounds == 0:
-            return self._init_factors(rank, kept, scale)
-        return self._downlink(rank, kept, scale)
+        with self.on_device():
+            if self.rounds == 0:
+                return self._init_factors(rank, kept, scale)
+            return self._downlink(rank, kept, scale)
 
     def aggregate(self, updates: list[DeviceUpdate]) -> None:
         """Merge one round's uploads into the global adapter. No uploads (every device dropped): no change."""
@@ -154,17 +162,18 @@ class Aggregator(ABC):
             self._check_update(i, update)
         if not updates:
             return
-        self._aggregate(updates)
+        with self.on_device():
+            self._aggregate(updates)
         self.rounds += 1
 
     @classmethod
     @abstractmethod
-    def merge_flops(cls, full: Sequence[Dims], updates: Sequence[tuple[int, Sequence[Dims]]], merged_before: bool) -> float:
+    def merge_flops(cls, full: Sequence[Dims], updates: Sequence[tuple[int, Sequence[Dims], int]], merged_before: bool) -> float:
         """FLOPs of one round's aggregation and of re-factoring the downlinks it changes, counted from shapes.
 
-        ``full``: (d_out, d_in) of every adapted linear of the unpruned model; ``updates``: each accepted
-        update's rank and the dims of the same linears at its device's structure; ``merged_before``: a
-        global update exists already. This is what the server's aggregation phase is timed by
+        ``full``: (d_out, d_in) of every adapted linear of the unpruned model; ``updates``: the accepted updates
+        grouped by shape, each group as (rank, the dims of the same linears at its devices' structure, how many
+        devices); ``merged_before``: a global update exists already. This is what the server's aggregation phase is timed by
         (docs/timing.md §3.1); it counts the arithmetic of this implementation, not of a reference one.
         """
 
@@ -204,7 +213,8 @@ class Aggregator(ABC):
         for key in self.keys():
             _, d_in = module_dims(self.shape, key[1])
             bound = 1.0 / math.sqrt(d_in)
-            out[key] = (torch.rand(self.r_max, d_in, generator=gen, dtype=DTYPE) * 2.0 - 1.0) * bound
+            a = (torch.rand(self.r_max, d_in, generator=gen, dtype=DTYPE, device="cpu") * 2.0 - 1.0) * bound
+            out[key] = a.to(self.device)  # drawn on the CPU: the same init whatever the device
         return out
 
     def _scale(self, rank: int) -> float:
@@ -264,8 +274,9 @@ class Aggregator(ABC):
 
 
 def as_float(t: torch.Tensor) -> torch.Tensor:
-    """An uploaded tensor as a detached CPU float32 tensor."""
-    return t.detach().to(device="cpu", dtype=DTYPE)
+    """An uploaded tensor as a detached float32 tensor on torch's current default device (the
+    aggregator's device inside its methods, see :meth:`Aggregator.on_device`; else the CPU)."""
+    return t.detach().to(device=torch.get_default_device(), dtype=DTYPE)
 
 
 def singular_value_energy(aggregator: Aggregator, top: int | None = None) -> dict[Key, np.ndarray]:
@@ -281,7 +292,7 @@ def singular_value_energy(aggregator: Aggregator, top: int | None = None) -> dic
     for key, sv in aggregator.singular_values().items():
         energy = sv.double() ** 2
         total = float(energy.sum())
-        shares = (energy / total).numpy() if total > 0 else np.zeros(len(energy))
+        shares = (energy / total).cpu().numpy() if total > 0 else np.zeros(len(energy))
         out[key] = shares[:top]
     return out
 
@@ -294,7 +305,7 @@ def layer_energy_in_top(aggregator: Aggregator, rank: int) -> np.ndarray:
     top = np.zeros(aggregator.shape.n_layers)
     total = np.zeros(aggregator.shape.n_layers)
     for (layer, _), sv in aggregator.singular_values().items():
-        energy = sv.double() ** 2
+        energy = sv.double().cpu() ** 2
         top[layer] += float(energy[:rank].sum())
         total[layer] += float(energy.sum())
     return np.divide(top, total, out=np.zeros_like(top), where=total > 0)

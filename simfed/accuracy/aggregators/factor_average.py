@@ -34,9 +34,10 @@ class FactorAverage(Aggregator):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.A: dict[Key, torch.Tensor] = {key: a.clone() for key, a in self.init_A.items()}
-        self.Bs: dict[Key, torch.Tensor] = {
-            key: torch.zeros(module_dims(self.shape, key[1])[0], self.r_max, dtype=DTYPE) for key in self.keys()
-        }
+        with self.on_device():
+            self.Bs: dict[Key, torch.Tensor] = {
+                key: torch.zeros(module_dims(self.shape, key[1])[0], self.r_max, dtype=DTYPE) for key in self.keys()
+            }
 
     def weights(self, updates: list[DeviceUpdate], key: Key) -> list[float]:
         """Non-negative weight of each update for one adapted linear."""
@@ -45,9 +46,10 @@ class FactorAverage(Aggregator):
     def delta_for(self, kept: Kept) -> dict[Key, torch.Tensor]:
         self._check_kept(kept, "delta_for")
         out = {}
-        for key in self.keys():
-            rows, cols = restriction(self.shape, kept, key)
-            out[key] = restrict(self.Bs[key], rows, None) @ restrict(self.A[key], None, cols)
+        with self.on_device():
+            for key in self.keys():
+                rows, cols = restriction(self.shape, kept, key)
+                out[key] = restrict(self.Bs[key], rows, None) @ restrict(self.A[key], None, cols)
         return out
 
     def singular_values(self) -> dict[Key, torch.Tensor]:
@@ -71,10 +73,10 @@ class FactorAverage(Aggregator):
         global factors (no arithmetic)."""
         if not updates:
             return 0.0
-        r_top = max(r for r, _ in updates)
+        r_top = max(r for r, _, _ in updates)
         total = float(sum(r_top * (m + n) for m, n in full))
-        for r, dims in updates:
-            total += sum(cls.weight_flops(r, m, n) + 2.0 * r * (m + n) for m, n in dims)
+        for r, dims, count in updates:
+            total += count * sum(cls.weight_flops(r, m, n) + 2.0 * r * (m + n) for m, n in dims)
         return total
 
     def _downlink(self, rank: int, kept: Kept, scale: float) -> LoRAFactors:

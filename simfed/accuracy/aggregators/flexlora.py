@@ -40,9 +40,10 @@ class FlexLoRA(Aggregator):
         super().__init__(*args, **kwargs)
         # the global update of each linear as a compact SVD (round 0: B = 0, so rank 0)
         self.svd: dict[Key, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        for key in self.keys():
-            d_out, d_in = module_dims(self.shape, key[1])
-            self.svd[key] = (torch.zeros(d_out, 0, dtype=DTYPE), torch.zeros(0, dtype=DTYPE), torch.zeros(0, d_in, dtype=DTYPE))
+        with self.on_device():
+            for key in self.keys():
+                d_out, d_in = module_dims(self.shape, key[1])
+                self.svd[key] = (torch.zeros(d_out, 0, dtype=DTYPE), torch.zeros(0, dtype=DTYPE), torch.zeros(0, d_in, dtype=DTYPE))
         # per round: (key, kept indices) -> top-r_max SVD of the restriction, shared by devices of one structure
         self._svd_cache: dict[tuple[Key, bytes], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
@@ -56,14 +57,14 @@ class FlexLoRA(Aggregator):
         if not updates:
             return 0.0
         total = 0.0
+        ranks = sum(r * count for r, _, count in updates)
         for j, (m, n) in enumerate(full):
-            r_prev = min(m, n) if merged_before else 0
-            inner = sum(r for r, _ in updates) + r_prev
+            inner = ranks + (min(m, n) if merged_before else 0)
             total += compact_svd_flops(m, n, inner)
             r_global = min(m, n, inner)
-            for _, dims in updates:
+            for _, dims, count in updates:
                 mk, nk = dims[j]
-                total += compact_svd_flops(mk, nk, r_global)
+                total += count * compact_svd_flops(mk, nk, r_global)
         return total
 
     def global_delta(self, key: Key) -> torch.Tensor:
@@ -74,10 +75,11 @@ class FlexLoRA(Aggregator):
     def delta_for(self, kept: Kept) -> dict[Key, torch.Tensor]:
         self._check_kept(kept, "delta_for")
         out = {}
-        for key in self.keys():
-            rows, cols = restriction(self.shape, kept, key)
-            u, s, vh = self.svd[key]
-            out[key] = (restrict(u, rows, None) * s) @ restrict(vh, None, cols)
+        with self.on_device():
+            for key in self.keys():
+                rows, cols = restriction(self.shape, kept, key)
+                u, s, vh = self.svd[key]
+                out[key] = (restrict(u, rows, None) * s) @ restrict(vh, None, cols)
         return out
 
     def singular_values(self) -> dict[Key, torch.Tensor]:
@@ -123,7 +125,7 @@ class FlexLoRA(Aggregator):
 
     def _restricted_svd(self, key: Key, rows: torch.Tensor | None, cols: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         idx = rows if rows is not None else cols
-        cache_key = (key, idx.numpy().tobytes())
+        cache_key = (key, idx.cpu().numpy().tobytes())
         if cache_key not in self._svd_cache:
             u, s, vh = (t.double() for t in self.svd[key])
             left = restrict(u, rows, None) * s

@@ -27,6 +27,7 @@ default reward is already in [0, 1]; the algorithms' confidence terms assume tha
 from __future__ import annotations
 
 import abc
+import copy
 import hashlib
 import inspect
 import math
@@ -42,6 +43,17 @@ def derived_seed(seed: int, *labels: Hashable) -> int:
     """A 63-bit seed derived from ``seed`` and labels (stable across runs and Python versions)."""
     text = repr((int(seed),) + tuple(str(x) for x in labels)).encode()
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+
+
+def argmax_random_ties(values: Sequence[float], rng: Any, tol: float = 0.0) -> int:
+    """The index of the largest value; ties (within ``tol`` of the largest) broken by ``rng.choice``.
+
+    ``rng`` is the learner's own ``random.Random`` (no global state); with a single maximum it is not drawn
+    from, so the learner's random stream only moves on real ties.
+    """
+    best = max(values)
+    candidates = [i for i, v in enumerate(values) if v >= best - tol]
+    return rng.choice(candidates) if len(candidates) > 1 else candidates[0]
 
 
 def clip01(x: float) -> float:
@@ -92,6 +104,21 @@ class Policy(abc.ABC):
     def _test_params(cls) -> list[dict[str, Any]]:
         """Small constructor kwargs for the contract test (besides ``arm_space`` and ``seed``)."""
         return [{}]
+
+    # --- state ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What the policy has learned (its private attributes, by the convention above: learners, pending
+        choices, RNG states), as a deep copy that :meth:`load_state_dict` restores exactly.
+
+        A policy that keeps derived or shared objects privately overrides this (see the oracle)."""
+        return copy.deepcopy({k: v for k, v in vars(self).items() if k.startswith("_") and not k.startswith("__")})
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (on a policy built with the same arguments)."""
+        for k, v in copy.deepcopy(dict(state)).items():
+            if not k.startswith("_"):
+                raise ValueError(f"{type(self).__name__}.load_state_dict: {k!r} is not learned state")
+            setattr(self, k, v)
 
     # --- river-style introspection ----------------------------------------------------------------
     def params(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import random
 from collections.abc import Sequence
 
 from simfed.decisions.arms import ArmSpace
-from simfed.decisions.policies.base import DiscretePolicy
+from simfed.decisions.policies.base import DiscretePolicy, argmax_random_ties
 from simfed.options import Annotated, Range
 from simfed.records import Arm
 
@@ -43,9 +43,7 @@ class DiscountedUCBLearner:
 
     def choose(self) -> int:
         idx = self.indices()
-        best = max(idx)
-        candidates = [i for i, v in enumerate(idx) if v == best]
-        return self._rng.choice(candidates) if len(candidates) > 1 else candidates[0]
+        return argmax_random_ties(idx, self._rng)
 
     def learn(self, arm: int, reward: float) -> None:
         g = self.discount

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from simfed.decisions.arms import ArmSpace
-from simfed.decisions.policies.base import DiscretePolicy
+from simfed.decisions.policies.base import DiscretePolicy, argmax_random_ties
 from simfed.options import Annotated, Range
 from simfed.records import Arm
 
@@ -42,9 +42,7 @@ class LinUCBLearner:
 
     def choose(self) -> int:
         idx = self.indices()
-        best = idx.max()
-        candidates = [int(i) for i in np.flatnonzero(idx >= best - 1e-12)]
-        return self._rng.choice(candidates) if len(candidates) > 1 else candidates[0]
+        return argmax_random_ties(idx.tolist(), self._rng, tol=1e-12)
 
     def learn(self, arm: int, reward: float) -> None:
         phi = self._phi[arm]

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from simfed.decisions.arms import ArmSpace
-from simfed.decisions.policies.base import PerDevicePolicy
+from simfed.decisions.policies.base import PerDevicePolicy, argmax_random_ties
 from simfed.options import Annotated, Choices, Range
 from simfed.records import Arm
 
@@ -131,10 +131,7 @@ class SUCBTree:
         path = [self.root]
         cell = self.root
         while cell.children:
-            vals = [b[id(c)] for c in cell.children]
-            best = max(vals)
-            ties = [c for c, v in zip(cell.children, vals) if v == best]
-            cell = self._rng.choice(ties) if len(ties) > 1 else ties[0]
+            cell = cell.children[argmax_random_ties([b[id(c)] for c in cell.children], self._rng)]
             path.append(cell)
         point = self._point_in(cell)
         if cell.visits + 1 >= self.split_threshold(cell.depth):

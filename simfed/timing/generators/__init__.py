@@ -13,13 +13,14 @@ from typing import Callable
 
 from simfed.errors import OptionError
 from simfed.options import OptionTable, signature_table
-from simfed.timing.generators import fedspine_testbed, phones
+from simfed.timing.generators import fedspine_testbed, fedspine_testbed_wifi, phones
 from simfed.timing.traces import Population
 
 __all__ = ["GENERATORS", "generate", "generator_options"]
 
 GENERATORS: dict[str, Callable[..., Population]] = {
     fedspine_testbed.NAME: fedspine_testbed.generate,
+    fedspine_testbed_wifi.NAME: fedspine_testbed_wifi.generate,
     phones.NAME: phones.generate,
 }
 
