@@ -79,56 +79,76 @@ def accuracy_vs_time(rounds: pd.DataFrame) -> Figure | None:
     return fig
 
 
-def speedup_table(summaries: pd.DataFrame, baseline: str = "hetlora") -> tuple[pd.DataFrame, str]:
-    """Per method: speed-up over ``baseline`` (mean, CI half-width over seeds) and the metric used.
-
-    Speed-up is baseline time / method time for the same seed. The time is ``time_to_target_s``
-    when every run reached the target, else ``simulated_time_s`` (same number of rounds).
-    """
-    if not len(summaries) or baseline not in set(summaries["method"]):
-        return pd.DataFrame(), ""
+def _time_metric(summaries: pd.DataFrame) -> str:
+    """``time_to_target_s`` when every run reached the target, else ``simulated_time_s`` (same rounds)."""
     metric = "time_to_target_s"
     if metric not in summaries or summaries[metric].isna().any():
         metric = "simulated_time_s"
-    base = summaries[summaries["method"] == baseline].set_index("seed")[metric]
+    return metric
+
+
+def speedup_table(summaries: pd.DataFrame, method: str = "fedspine") -> tuple[pd.DataFrame, str]:
+    """``method``'s speed-up over each other method, paired by seed and target sparsity: mean, CI half-width
+    over the pairs (0 with one pair), and how many pairs.
+
+    Speed-up is the other method's time / ``method``'s time for the same seed and s* (> 1: ``method`` is
+    faster). The time is :func:`_time_metric`'s.
+    """
+    if not len(summaries) or method not in set(summaries["method"]):
+        return pd.DataFrame(), ""
+    metric = _time_metric(summaries)
+    key = ["seed", "s_star"] if "s_star" in summaries else ["seed"]
+    mine = summaries[summaries["method"] == method].set_index(key)[metric]
     rows = []
-    for method, g in summaries.groupby("method"):
-        ratios = [base[s] / t for s, t in zip(g["seed"], g[metric]) if s in base.index and t and t > 0]
+    for other, g in summaries.groupby("method"):
+        if other == method:
+            continue
+        ratios = [t / mine[k] for k, t in zip(g.set_index(key).index, g[metric])
+                  if k in mine.index and mine[k] and mine[k] > 0 and t and t > 0]
         mean, half = mean_ci(np.array(ratios))
-        rows.append({"method": method, "speedup": mean, "ci": half, "n": len(ratios)})
+        rows.append({"baseline": other, "speedup": mean, "ci": half, "n": len(ratios)})
     return pd.DataFrame(rows), metric
 
 
-def speedup_bars(summaries: pd.DataFrame, baseline: str = "hetlora") -> Figure | None:
-    """Speed-up of each method over the baseline, with 95% confidence intervals over seeds."""
-    tab, metric = speedup_table(summaries, baseline)
+def speedup_bars(summaries: pd.DataFrame, method: str = "fedspine") -> Figure | None:
+    """``method``'s speed-up over each baseline (> 1: faster), with 95% confidence intervals over seeds where
+    there are at least two; a one-seed figure shows no interval and says so."""
+    tab, metric = speedup_table(summaries, method)
     if not len(tab):
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
-    colours = _colour(tab["method"].tolist())
-    ax.bar(tab["method"], tab["speedup"], yerr=tab["ci"], capsize=4, color=[colours[m] for m in tab["method"]])
+    colours = _colour(tab["baseline"].tolist())
+    n = int(tab["n"].min())
+    ci = tab["ci"] if n >= 2 else None
+    ax.bar(tab["baseline"], tab["speedup"], yerr=ci, capsize=4, color=[colours[m] for m in tab["baseline"]])
     ax.axhline(1.0, color="k", lw=0.8)
     what = "time to target accuracy" if metric == "time_to_target_s" else "simulated time of the run"
-    ax.set_ylabel(f"speed-up over {baseline}\n({what})")
-    ax.set_title("Speed-up (95% CI over seeds)")
+    ax.set_ylabel(f"{method}'s speed-up over the method\n({what})")
+    ax.set_title(f"{method}'s speed-up (95% CI over {n} seeds)" if n >= 2 else f"{method}'s speed-up (one seed: no interval)")
     ax.tick_params(axis="x", rotation=20)
     fig.tight_layout()
     return fig
 
 
 def accuracy_vs_sparsity(summaries: pd.DataFrame) -> Figure | None:
-    """Final accuracy (after every device is at s*) against the final sparsity, per method."""
+    """Final accuracy (every device pruned to s*) against the target sparsity s* (nominal), a point per s* and
+    method (95% CI over seeds where there are at least two)."""
     if not len(summaries) or summaries["final_accuracy"].isna().all():
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     colours = _colour(_methods(summaries))
+    level = "s_star" if "s_star" in summaries else "final_sparsity"
+    seeds = 1
     for method, g in summaries.groupby("method"):
-        acc, acc_ci = mean_ci(g["final_accuracy"].to_numpy(dtype=float))
-        sp = float(np.nanmean(g["final_sparsity"].to_numpy(dtype=float)))
-        ax.errorbar([sp], [acc], yerr=[acc_ci], fmt="o", capsize=4, color=colours[method], label=method)
-    ax.set_xlabel("final sparsity")
+        xs, ys, es = [], [], []
+        for sp, gs in g.groupby(level):
+            acc, acc_ci = mean_ci(gs["final_accuracy"].to_numpy(dtype=float))
+            xs.append(float(sp)), ys.append(acc), es.append(acc_ci)
+            seeds = max(seeds, len(gs))
+        ax.errorbar(xs, ys, yerr=es if seeds >= 2 else None, fmt="o-", capsize=4, color=colours[method], label=method)
+    ax.set_xlabel("target sparsity s* (nominal share of prunable parameters)")
     ax.set_ylabel("final accuracy")
-    ax.set_title("Final accuracy at the target sparsity")
+    ax.set_title("Final accuracy at each target sparsity" + (" (95% CI over seeds)" if seeds >= 2 else " (one seed)"))
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()

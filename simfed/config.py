@@ -27,15 +27,13 @@ import tomli_w
 
 import simfed.timing.cost as _cost  # the memory overheads' defaults (light: shapes and arithmetic only)
 
-from simfed.errors import OptionError, SimfedError
+from simfed.errors import ConfigError, OptionError, SimfedError
 
 
-class ConfigError(SimfedError, ValueError):
-    """A configuration problem; the message names the file (when known) and the dotted key."""
 
 
 @dataclass
-class TracesConfig:
+class TracesOptions:
     """Where the device population comes from: a trace directory, or a generator and its arguments."""
 
     dir: str = ""  # a simfed trace directory (e.g. traces/fedspine-testbed); relative to this file
@@ -49,7 +47,7 @@ class TracesConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelOptions:
     """The language model: a preset of the accuracy layer (its shape also drives the cost model)."""
 
     preset: str = "tiny"
@@ -68,7 +66,7 @@ class ModelConfig:
 
 
 @dataclass
-class LoRAConfig:
+class LoRAOptions:
     """LoRA on the timed model (``model.timing_preset``, else ``model.preset``): docs/timing.md §1."""
 
     # Adapted linears in simfed's names (q, k, v, o, gate, up, down; an encoder has no gate). [] = the preset's
@@ -79,7 +77,7 @@ class LoRAConfig:
 
 
 @dataclass
-class MemoryConfig:
+class MemoryOptions:
     """Runtime overheads of training memory (docs/timing.md §1.4; an OS reserve belongs to the devices)."""
 
     # Peak tensors are multiplied by this: PyTorch's caching allocator, 15 % fragmentation (GMLake) -> 1/0.85.
@@ -89,7 +87,7 @@ class MemoryConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainOptions:
     """Local training on each device (the paper's τ and local iterations per round)."""
 
     local_iters: int = 20  # LoRA iterations per device per round
@@ -139,7 +137,7 @@ class ServerOptions:
 
 
 @dataclass
-class PolicyConfig:
+class PolicyOptions:
     """The arm space every method draws from, plus free keyword arguments for the method's policy."""
 
     p_max: float = 0.2  # largest pruning increment per round
@@ -153,7 +151,7 @@ class PolicyConfig:
 
 
 @dataclass
-class SweepConfig:
+class SweepOptions:
     """What ``simfed sweep`` expands: methods × seeds × every combination of the grid values."""
 
     methods: list = field(default_factory=list)  # default: the run's method
@@ -177,15 +175,15 @@ class RunConfig:
     rounds: int = 50
     target_accuracy: float = 0.0  # for time-to-target (0 = report none)
     torch_threads: int = 1  # PyTorch CPU threads in full mode (1: fastest on a shared machine; 0: torch's default)
-    traces: TracesConfig = field(default_factory=TracesConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
-    memory: MemoryConfig = field(default_factory=MemoryConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    traces: TracesOptions = field(default_factory=TracesOptions)
+    model: ModelOptions = field(default_factory=ModelOptions)
+    lora: LoRAOptions = field(default_factory=LoRAOptions)
+    memory: MemoryOptions = field(default_factory=MemoryOptions)
+    train: TrainOptions = field(default_factory=TrainOptions)
     engine: EngineOptions = field(default_factory=EngineOptions)
     server: ServerOptions = field(default_factory=ServerOptions)
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    sweep: SweepConfig = field(default_factory=SweepConfig)
+    policy: PolicyOptions = field(default_factory=PolicyOptions)
+    sweep: SweepOptions = field(default_factory=SweepOptions)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -277,7 +275,9 @@ def _validate(cfg: RunConfig) -> None:
 
     timed = cfg.model.timing_preset or cfg.model.preset
     modules = preset_modules(timed)
-    known = modules or ("q", "k", "v", "o", "gate", "up", "down")
+    from simfed.structure import DECODER_MODULES
+
+    known = modules or DECODER_MODULES
     for i, m in enumerate(lo.targets):
         need(isinstance(m, str) and m in known, f"lora.targets[{i}]",
              f"must be a linear of {timed} (one of {', '.join(known)})", m)
@@ -457,15 +457,15 @@ def with_values(cfg: RunConfig, values: dict[str, Any]) -> RunConfig:
 __all__ = [
     "ConfigError",
     "RunConfig",
-    "TracesConfig",
-    "ModelConfig",
-    "LoRAConfig",
-    "MemoryConfig",
-    "TrainConfig",
+    "TracesOptions",
+    "ModelOptions",
+    "LoRAOptions",
+    "MemoryOptions",
+    "TrainOptions",
     "EngineOptions",
     "ServerOptions",
-    "PolicyConfig",
-    "SweepConfig",
+    "PolicyOptions",
+    "SweepOptions",
     "MODES",
     "load",
     "from_dict",

@@ -22,13 +22,12 @@ file is loaded) a warning when none of the run's methods (``method`` and ``sweep
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
+from typing import Any
 
 from simfed.errors import OptionError, SimfedWarning
 from simfed.options import suggestion
 
-if TYPE_CHECKING:  # pragma: no cover
-    from simfed.config import RunConfig
+RunConfig = Any  # a simfed.config.RunConfig (not imported: simfed.config imports this module)
 
 __all__ = ["check_tables", "warn_unread"]
 

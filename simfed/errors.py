@@ -15,11 +15,15 @@ bandwidth is zero over its whole period, entries an importer dropped) are
 
 from __future__ import annotations
 
-__all__ = ["SimfedError", "OptionError", "SimfedWarning"]
+__all__ = ["SimfedError", "ConfigError", "OptionError", "SimfedWarning"]
 
 
 class SimfedError(Exception):
     """Base class of every error a user can cause; its message is one line naming what and where."""
+
+
+class ConfigError(SimfedError, ValueError):
+    """A run configuration is invalid; the message names the file and the dotted key (``simfed.config``)."""
 
 
 class OptionError(SimfedError, ValueError):

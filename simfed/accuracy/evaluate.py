@@ -1,4 +1,7 @@
-"""Next-character loss and accuracy of a device's pruned model with a merged global LoRA update.
+"""Next-token loss and accuracy of a device's pruned model with a merged global LoRA update.
+
+Tokens are characters for the ``tiny`` preset and BPE tokens for SmolLM2 or a ``model.path``
+checkpoint (:mod:`simfed.accuracy.factory`).
 
 FedSpine evaluates the global LoRA applied to each device's own pruned model (arXiv 2501.02438);
 simfed does the same on each role's held-out lines (LEAF's per-client test split). The update is
@@ -30,8 +33,8 @@ Delta = Mapping[tuple[int, str], torch.Tensor]
 
 @dataclass(frozen=True)
 class EvalResult:
-    loss: float  # mean next-character cross-entropy (nats)
-    accuracy: float  # share of next characters predicted exactly (argmax)
+    loss: float  # mean next-token cross-entropy (nats; perplexity = exp(loss))
+    accuracy: float  # share of next tokens predicted exactly (argmax)
     n_tokens: int  # targets evaluated (the weight when averaging over devices)
 
 

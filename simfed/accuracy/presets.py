@@ -48,7 +48,5 @@ def preset(name: str) -> ModelConfig:
     try:
         return PRESETS[name]
     except KeyError:
-        from simfed.timing.presets import TIMING_ONLY_PRESETS
-
-        hint = " (a timing-only preset: name it in model.timing_preset)" if name in TIMING_ONLY_PRESETS else ""
-        raise ValueError(f"unknown model preset {name!r}{hint}; known: {', '.join(PRESETS)}") from None
+        raise ValueError(f"unknown trainable model preset {name!r}; known: {', '.join(PRESETS)} (the time layer "
+                         "also costs timing-only presets: simfed.timing.presets, model.timing_preset)") from None

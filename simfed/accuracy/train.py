@@ -155,7 +155,7 @@ class Trainer:
                 raise KeyError(f"unknown device {device_id!r}: no client data with that id")
             data = self.clients[device_id]
             if data.n_samples(self.config.seq_len) < 1:
-                raise ValueError(f"device {device_id!r} has {len(data.train)} training characters, fewer than seq_len+1")
+                raise ValueError(f"device {device_id!r} has {len(data.train)} training tokens, fewer than seq_len+1")
             model = self.base.share_copy()
             gen = torch.Generator().manual_seed(device_seed(self.config.seed, device_id))
             st = DeviceState(device_id, model, Kept.full(self.shape), ImportanceEMA(self.config.ema_beta), data, gen)

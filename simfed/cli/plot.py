@@ -36,18 +36,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("runs", nargs="+", help="run directories (or directories that hold runs, e.g. a sweep)")
     p.add_argument("--out", help="where the figures go (default: RUN_DIR/figures for one directory, else ./figures)")
     p.add_argument("--formats", default="png,pdf", help="comma-separated formats (default: png,pdf)")
-    p.add_argument("--baseline", default="hetlora", help="the method speed-ups are relative to (default: hetlora)")
+    p.add_argument("--method", default="fedspine", help="whose speed-up over every other method is drawn (default: fedspine)")
     p.set_defaults(func=_main)
 
 
 def plot_runs(paths: list[str | Path], out: str | Path, formats: tuple[str, ...] = ("png", "pdf"),
-              baseline: str = "hetlora", echo=print) -> list[Path]:
+              method: str = "fedspine", echo=print) -> list[Path]:
     """Draw every figure for the runs under ``paths`` into ``out``; returns the files written."""
     load, figures = import_analysis()
     runs = load.load_runs(list(paths))
     written: list[Path] = []
     figs = figures.all_figures(runs)
-    figs["speedup"] = figures.speedup_bars(runs.summaries, baseline=baseline)
+    figs["speedup"] = figures.speedup_bars(runs.summaries, method=method)
     for name, fig in figs.items():
         if fig is None:
             echo(f"  {name}: skipped (the runs have no data for it)")
@@ -63,5 +63,5 @@ def _main(args: argparse.Namespace) -> int:
         if f not in ("png", "pdf", "svg"):
             raise CliError(f"--formats: unknown format {f!r} (png, pdf or svg)")
     out = Path(args.out) if args.out else (Path(args.runs[0]) / "figures" if len(args.runs) == 1 else Path("figures"))
-    plot_runs(args.runs, out, formats, args.baseline)
+    plot_runs(args.runs, out, formats, args.method)
     return 0

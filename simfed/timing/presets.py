@@ -109,7 +109,7 @@ def cost_from_config(cfg: Any):
     describes: the shape of ``model.timing_preset`` (else ``model.preset``), the batch and sequence
     length of ``train``, the adapters of ``lora`` (``targets``, ``dtype``, ``train_head``) and the
     overheads of ``memory``. Raises :class:`simfed.config.ConfigError` naming the key at fault."""
-    from simfed.config import ConfigError
+    from simfed.errors import ConfigError
     from simfed.timing.cost import DTYPE_BYTES
 
     key = "model.timing_preset" if cfg.model.timing_preset else "model.preset"

@@ -29,7 +29,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_good_config_fills_defaults(tmp_path):
     cfg = C.load(write(tmp_path, GOOD))
     assert cfg.rounds == 3 and cfg.train.local_iters == 4 and cfg.train.tau == 2
-    assert cfg.train.batch_size == C.TrainConfig().batch_size
+    assert cfg.train.batch_size == C.TrainOptions().batch_size
     assert cfg.traces.devices == 8
 
 

@@ -31,7 +31,7 @@ def test_expand_is_the_full_product_with_stable_names(tiny_config):
     assert names[0] == "fedspine-s0-tau=5" and len(set(names)) == 8
     m = members[-1]
     assert (m.config.method, m.config.seed, m.config.train.tau) == ("uniform", 1, 10)
-    assert m.config.sweep == C.SweepConfig()  # members are plain runs
+    assert m.config.sweep == C.SweepOptions()  # members are plain runs
 
 
 def test_failed_member_is_reported_and_others_complete(tiny_config, tmp_path):

@@ -7,7 +7,8 @@ from typing import Any
 from simfed.errors import OptionError
 from simfed.options import OptionTable
 
-from simfed.decisions.policies.base import DiscretePolicy, PerDevicePolicy, Policy, derived_seed
+from simfed.decisions.policies.base import (BACKENDS, OBSERVATION_COLUMNS, DiscretePolicy, PerDevicePolicy, Policy,
+                                            derived_seed)
 from simfed.decisions.policies.discounted_ucb import DiscountedUCB
 from simfed.decisions.policies.exp3 import EXP3
 from simfed.decisions.policies.fixed import Fixed
@@ -62,6 +63,7 @@ def make_policy(name: str, **kwargs: Any) -> Policy:
     return cls(**kwargs)
 
 
-__all__ = ["POLICIES", "make_policy", "policy_options", "Policy", "PerDevicePolicy", "DiscretePolicy", "derived_seed"] + [
+__all__ = ["POLICIES", "make_policy", "policy_options", "Policy", "PerDevicePolicy", "DiscretePolicy", "derived_seed",
+           "BACKENDS", "OBSERVATION_COLUMNS"] + [
     c.__name__ for c in _CLASSES
 ]
