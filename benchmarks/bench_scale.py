@@ -13,9 +13,12 @@ Steps (in order; later ones use the directory that ``generate`` wrote):
 - ``load``: ``read_population(DIR)`` and ``PackedPopulation.of(...)`` in a fresh process, what a
   run does before its first round (prints the read and pack times separately).
 
-More steps -- e.g. the 10-round timing-only ``simfed run`` of ``uniform`` and of ``fedspine`` on the
-generated population -- are one :class:`Step` each, appended in :func:`steps_for`: a name, the command
-for ``(n_devices, trace_dir, work_dir)``, and the units of work (``n * rounds`` device-rounds).
+- ``uniform``, ``fedspine``: a 10-round timing-only ``simfed run`` of the method on the generated population
+  (all devices take part in every round; events logged for a 1 % sample above 10^4 devices), its wall time
+  per device-round.
+
+A step is one :class:`Step` in :func:`steps_for`: a name, the command for ``(n_devices, trace_dir, work_dir)``,
+and the units of work.
 
 Run: ``python benchmarks/bench_scale.py [--sizes 1e4,1e5,1e6] [--steps generate,load] [--format csv]
 [--set library_size=300] [--work DIR] [--keep]``. The 10^6 steps take minutes and several GB: run them alone on a shared machine.
@@ -72,11 +75,52 @@ def _generate(fmt: str, sets: list[str]) -> Callable[[int, Path, Path], list[str
                                                 "--out", str(trace_dir), "--format", fmt] + extra
 
 
+#: Rounds of the run steps, and the share of devices whose events they log (``engine.log_sample``).
+RUN_ROUNDS = 10
+RUN_CONFIG = """name = "scale"
+mode = "timing"
+method = "{method}"
+seed = 0
+s_star = 0.5
+rounds = {rounds}
+
+[traces]
+dir = "{trace_dir}"
+
+[model]
+preset = "tiny"
+timing_preset = "smollm2-135m"
+
+[train]
+local_iters = 10
+tau = 5
+
+[engine]
+log_sample = {log_sample}
+
+[policy.method_params]
+rounds_to_target = 5
+"""
+
+
+def _run(method: str) -> Callable[[int, Path, Path], list[str]]:
+    """A 10-round timing-only ``simfed run`` of ``method`` on the generated population (every device, every round;
+    events logged for 1 % of the devices above 10^4, all below)."""
+    def command(n: int, trace_dir: Path, work: Path) -> list[str]:
+        config = work / f"run-{method}-{n}.toml"
+        config.write_text(RUN_CONFIG.format(method=method, rounds=RUN_ROUNDS, trace_dir=trace_dir,
+                                            log_sample=1.0 if n <= 10_000 else 0.01))
+        return SIMFED + ["run", str(config), "--out", str(work / f"run-{method}-{n}"), "--fresh", "--no-progress"]
+    return command
+
+
 def steps_for(fmt: str, sets: list[str] = ()) -> list[Step]:
-    """The steps, in order (the lead appends the run steps here). ``sets`` are ``KEY=VALUE`` generator options."""
+    """The steps, in order. ``sets`` are ``KEY=VALUE`` generator options."""
     return [
         Step("generate", _generate(fmt, list(sets)), lambda n: n, writes_traces=True),
         Step("load", lambda n, trace_dir, work: [sys.executable, "-c", LOAD, str(trace_dir)], lambda n: n),
+        Step("uniform", _run("uniform"), lambda n: n * RUN_ROUNDS, unit="device-round"),
+        Step("fedspine", _run("fedspine"), lambda n: n * RUN_ROUNDS, unit="device-round"),
     ]
 
 

@@ -11,9 +11,12 @@ Units are in the field names (``_s`` seconds of *simulated* time, ``_bytes``, ``
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Iterable
+
+import numpy as np
 
 
 @dataclass(frozen=True, order=True)
@@ -68,6 +71,12 @@ class Outcome(str, Enum):
     UNAVAILABLE = "unavailable"  # never came online before the round closed
     OOM = "oom"  # the configuration does not fit the device's RAM
     FAILED = "failed"  # finished, but its training diverged (non-finite or exploding update): not aggregated
+
+
+#: The outcomes in code order: columns store an outcome as its index here (int8).
+OUTCOMES: tuple[Outcome, ...] = tuple(Outcome)
+OUTCOME_CODE: dict[Outcome, int] = {o: i for i, o in enumerate(OUTCOMES)}
+OK_CODE = OUTCOME_CODE[Outcome.OK]
 
 
 @dataclass(frozen=True)
@@ -142,6 +151,209 @@ class Observation:
     @property
     def ok(self) -> bool:
         return self.outcome is Outcome.OK
+
+
+def _column(values: Any, dtype: Any, n: int, owner: str, name: str) -> np.ndarray:
+    """``values`` (an array, a sequence or one scalar for all) as a 1-d array of length ``n``."""
+    arr = np.asarray(values, dtype=dtype)
+    if arr.ndim == 0:
+        return np.full(n, arr, dtype=dtype)
+    if arr.shape != (n,):
+        raise ValueError(f"{owner}.{name}: shape {arr.shape}, expected ({n},) like device_ids")
+    return arr
+
+
+class RecordColumns(Sequence):
+    """Columns that also read as a list of records: indexing, iterating and ``==`` build the records once
+    (:meth:`rows`, cached) from the subclass's :meth:`_make_rows`; ``len`` does not. The shape shared by
+    :class:`PlanBatch`, :class:`ObservationBatch` and the engine's timing rows."""
+
+    __slots__ = ()
+
+    def _make_rows(self) -> list:
+        raise NotImplementedError
+
+    def rows(self) -> list:
+        """The records (a cached list)."""
+        if self._rows is None:
+            self._rows = self._make_rows()
+        return self._rows
+
+    def __getitem__(self, i):
+        return self.rows()[i]
+
+    def __iter__(self):
+        return iter(self.rows())
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (list, type(self))):
+            return self.rows() == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(round={self.round}, n={len(self)})"
+
+
+class PlanBatch(RecordColumns):
+    """One round's plans as columns, aligned with ``device_ids``; a ``Sequence[Plan]`` as well.
+
+    At 10^6 devices a round's plans cost as much to build as records as to simulate, so methods
+    return them as arrays: ``p`` (float64), ``r`` (int64), ``sparsity_before``/``sparsity_after``
+    (float64, nominal), ``local_iters``/``tau`` (int64) and ``base_download`` (bool); a scalar is
+    spread over every device. Indexing and iterating give :class:`Plan` records (made on first such
+    access, then cached), so code written for ``list[Plan]`` reads a batch unchanged.
+
+    Raises:
+        ValueError: a column not aligned with ``device_ids``, or an arm outside the rules of
+            :class:`Arm` (p finite and >= 0, r a positive integer), naming the first such device.
+    """
+
+    __slots__ = ("round", "device_ids", "p", "r", "sparsity_before", "sparsity_after", "local_iters", "tau",
+                 "base_download", "_rows")
+
+    def __init__(self, round: int, device_ids: Sequence[str], p: Any, r: Any, sparsity_before: Any,
+                 sparsity_after: Any, local_iters: Any, tau: Any, base_download: Any = False) -> None:
+        n = len(device_ids)
+        self.round = int(round)
+        self.device_ids = device_ids if isinstance(device_ids, list) else list(device_ids)
+        self.p = _column(p, np.float64, n, "PlanBatch", "p")
+        r_in = np.asarray(r)
+        self.r = _column(r, np.int64, n, "PlanBatch", "r")
+        self.sparsity_before = _column(sparsity_before, np.float64, n, "PlanBatch", "sparsity_before")
+        self.sparsity_after = _column(sparsity_after, np.float64, n, "PlanBatch", "sparsity_after")
+        self.local_iters = _column(local_iters, np.int64, n, "PlanBatch", "local_iters")
+        self.tau = _column(tau, np.int64, n, "PlanBatch", "tau")
+        self.base_download = _column(base_download, bool, n, "PlanBatch", "base_download")
+        bad = np.flatnonzero(~(np.isfinite(self.p) & (self.p >= 0)))
+        if bad.size:
+            raise ValueError(f"PlanBatch: device {self.device_ids[bad[0]]!r}: p must be a finite number >= 0, "
+                             f"got {self.p[bad[0]]!r}")
+        if r_in.dtype.kind == "f" and r_in.ndim and not np.array_equal(r_in, self.r):
+            bad = np.flatnonzero(r_in != self.r)
+            raise ValueError(f"PlanBatch: device {self.device_ids[bad[0]]!r}: r must be an integer rank, got {r_in[bad[0]]!r}")
+        bad = np.flatnonzero(self.r < 1)
+        if bad.size:
+            raise ValueError(f"PlanBatch: device {self.device_ids[bad[0]]!r}: r must be a positive integer rank, "
+                             f"got {self.r[bad[0]]!r}")
+        self._rows: list[Plan] | None = None
+
+    @classmethod
+    def of(cls, plans: "Iterable[Plan] | PlanBatch", round: int | None = None) -> "PlanBatch":
+        """``plans`` as a batch (a batch is returned as it is). ``round``: for an empty list."""
+        if isinstance(plans, PlanBatch):
+            return plans
+        plans = list(plans)
+        if plans:
+            round = plans[0].round
+            bad = [p for p in plans if p.round != round]
+            if bad:
+                raise ValueError(f"PlanBatch.of: plans of rounds {round} and {bad[0].round} in one batch")
+        return cls(round or 0, [p.device_id for p in plans], [p.arm.p for p in plans], [p.arm.r for p in plans],
+                   [p.sparsity_before for p in plans], [p.sparsity_after for p in plans],
+                   [p.local_iters for p in plans], [p.tau for p in plans], [p.base_download for p in plans])
+
+    def with_columns(self, **columns: Any) -> "PlanBatch":
+        """A copy with some columns replaced (``r``, ``base_download``, ...)."""
+        values = {k: getattr(self, k) for k in ("p", "r", "sparsity_before", "sparsity_after", "local_iters", "tau",
+                                                 "base_download")}
+        unknown = set(columns) - set(values)
+        if unknown:
+            raise ValueError(f"PlanBatch.with_columns: unknown column(s) {sorted(unknown)}")
+        values.update(columns)
+        return PlanBatch(self.round, self.device_ids, **values)
+
+    def _make_rows(self) -> list[Plan]:
+        r = self.round
+        return [
+            Plan(r, d, Arm(p, k), sb, sa, li, t, bd)
+            for d, p, k, sb, sa, li, t, bd in zip(
+                self.device_ids, self.p.tolist(), self.r.tolist(), self.sparsity_before.tolist(),
+                self.sparsity_after.tolist(), self.local_iters.tolist(), self.tau.tolist(), self.base_download.tolist())
+        ]
+
+    def __len__(self) -> int:
+        return len(self.device_ids)
+
+    def __reduce__(self):
+        return (PlanBatch, (self.round, self.device_ids, self.p, self.r, self.sparsity_before, self.sparsity_after,
+                            self.local_iters, self.tau, self.base_download))
+
+    def take(self, index: np.ndarray) -> "PlanBatch":
+        """The plans at ``index`` (int positions or a bool mask), in that order."""
+        index = np.asarray(index)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        ids = self.device_ids
+        return PlanBatch(self.round, [ids[i] for i in index.tolist()], self.p[index], self.r[index],
+                         self.sparsity_before[index], self.sparsity_after[index], self.local_iters[index],
+                         self.tau[index], self.base_download[index])
+
+
+#: The float columns of an :class:`ObservationBatch` (NaN where not measured).
+OBSERVATION_FLOATS = ("completion_s", "round_mean_completion_s", "sparsity_before", "sparsity_after", "s_star",
+                      "loss_before", "loss_after", "update_norm")
+
+
+class ObservationBatch(RecordColumns):
+    """One round's observations as columns aligned with ``device_ids``; a ``Sequence[Observation]`` as well.
+
+    Columns: ``p`` and ``r`` (the arm played), ``outcome`` (int8 codes into :data:`OUTCOMES`) and the float
+    columns :data:`OBSERVATION_FLOATS` (a scalar is spread over every device; a missing one is NaN).
+    Records are built on first indexing or iteration, as for :class:`PlanBatch`.
+    """
+
+    __slots__ = ("round", "device_ids", "p", "r", "outcome", *OBSERVATION_FLOATS, "_rows")
+
+    def __init__(self, round: int, device_ids: Sequence[str], p: Any, r: Any, outcome: Any, **floats: Any) -> None:
+        n = len(device_ids)
+        unknown = set(floats) - set(OBSERVATION_FLOATS)
+        if unknown:
+            raise ValueError(f"ObservationBatch: unknown column(s) {sorted(unknown)}; known: {', '.join(OBSERVATION_FLOATS)}")
+        self.round = int(round)
+        self.device_ids = device_ids if isinstance(device_ids, list) else list(device_ids)
+        self.p = _column(p, np.float64, n, "ObservationBatch", "p")
+        self.r = _column(r, np.int64, n, "ObservationBatch", "r")
+        self.outcome = _column(outcome, np.int8, n, "ObservationBatch", "outcome")
+        for name in OBSERVATION_FLOATS:
+            setattr(self, name, _column(floats.get(name, math.nan), np.float64, n, "ObservationBatch", name))
+        self._rows: list[Observation] | None = None
+
+    @classmethod
+    def of(cls, observations: "Iterable[Observation] | ObservationBatch", round: int | None = None) -> "ObservationBatch":
+        """``observations`` as a batch (a batch is returned as it is)."""
+        if isinstance(observations, ObservationBatch):
+            return observations
+        obs = list(observations)
+        if obs:
+            round = obs[0].round
+        return cls(round or 0, [o.device_id for o in obs], [o.arm.p for o in obs], [o.arm.r for o in obs],
+                   [OUTCOME_CODE[Outcome(o.outcome)] for o in obs],
+                   **{name: [getattr(o, name) for o in obs] for name in OBSERVATION_FLOATS})
+
+    @property
+    def ok(self) -> np.ndarray:
+        """Bool array: the device's update was accepted."""
+        return self.outcome == OK_CODE
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The observation columns a policy's ``update_array`` takes (``ok``, ``outcome`` as strings, the floats)."""
+        values = np.array([o.value for o in OUTCOMES], dtype=object)
+        return {"ok": self.ok, "outcome": values[self.outcome],
+                **{name: getattr(self, name) for name in OBSERVATION_FLOATS}}
+
+    def _make_rows(self) -> list[Observation]:
+        r = self.round
+        cols = [getattr(self, name).tolist() for name in OBSERVATION_FLOATS]
+        return [
+            Observation(r, d, Arm(p, k), OUTCOMES[o], *values)
+            for d, p, k, o, values in zip(self.device_ids, self.p.tolist(), self.r.tolist(), self.outcome.tolist(),
+                                          zip(*cols))
+        ]
+
+    def __len__(self) -> int:
+        return len(self.device_ids)
 
 
 @dataclass(frozen=True)

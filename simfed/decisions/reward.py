@@ -44,10 +44,12 @@ With the default weights every factor is in [0, 1], so the reward is in [0, 1].
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
-from simfed.records import Observation
+import numpy as np
+
+from simfed.records import Observation, ObservationBatch
 
 
 TIME_REFERENCES = ("mean", "quantile", "others-max")
@@ -106,48 +108,42 @@ class RoundContext:
     """Round-level normalisers, computed by the server from the round's successful observations."""
 
     max_loss_drop: float = float("nan")  # largest relative loss drop this round (nan: none measured)
-    mean_update_norm: float = float("nan")  # mean ||B·A||_F this round (nan: none measured)
+    mean_update_norm: float = float("nan")  # mean ||B·A||_F this round (nan: none measured; exactly rounded)
     completion_s: tuple[float, ...] = ()  # the successful devices' completion times, ascending
 
     @classmethod
-    def from_observations(cls, observations: Iterable[Observation]) -> "RoundContext":
-        drops, norms, times = [], [], []
-        for obs in observations:
-            if not obs.ok:
-                continue
-            if math.isfinite(obs.completion_s):
-                times.append(obs.completion_s)
-            d = relative_loss_drop(obs)
-            if math.isfinite(d):
-                drops.append(d)
-            if math.isfinite(obs.update_norm) and obs.update_norm >= 0:
-                norms.append(obs.update_norm)
+    def from_observations(cls, observations: "Iterable[Observation] | ObservationBatch") -> "RoundContext":
+        """The normalisers of a round's observations (records or a batch)."""
+        batch = ObservationBatch.of(observations)
+        ok = batch.ok
+        drops = relative_loss_drops(batch.loss_before[ok], batch.loss_after[ok])
+        drops = drops[np.isfinite(drops)]
+        norms = batch.update_norm[ok]
+        norms = norms[np.isfinite(norms) & (norms >= 0)]
+        times = batch.completion_s[ok]
+        times = np.sort(times[np.isfinite(times)])
         return cls(
-            max_loss_drop=max(drops) if drops else float("nan"),
-            mean_update_norm=sum(norms) / len(norms) if norms else float("nan"),
-            completion_s=tuple(sorted(times)),
+            max_loss_drop=float(drops.max()) if drops.size else float("nan"),
+            mean_update_norm=math.fsum(norms.tolist()) / norms.size if norms.size else float("nan"),
+            completion_s=tuple(times.tolist()),
         )
 
-    def time_reference_s(self, obs: Observation, weights: "RewardWeights") -> float:
-        """T_ref of ``obs``'s time factor (see the module docstring); nan when there is none."""
+    def time_references_s(self, batch: ObservationBatch, weights: "RewardWeights") -> np.ndarray:
+        """T_ref of each observation's time factor (see the module docstring); nan where there is none."""
         times = self.completion_s
         kind = weights.time_reference
         if kind == "mean" or not times:
-            return obs.round_mean_completion_s
+            return batch.round_mean_completion_s
         if kind == "quantile":
-            return _quantile(times, weights.time_quantile)
+            return np.full(len(batch), float(np.quantile(np.asarray(times), weights.time_quantile)))
         # others-max: the round's end had this device not taken part (its own time excluded once)
         if len(times) == 1:
-            return float("nan")
-        return times[-2] if obs.completion_s >= times[-1] else times[-1]
+            return np.full(len(batch), float("nan"))
+        return np.where(batch.completion_s >= times[-1], times[-2], times[-1])
 
-
-def _quantile(ascending: tuple[float, ...], q: float) -> float:
-    """Linear-interpolation quantile of sorted values (numpy's default rule)."""
-    pos = q * (len(ascending) - 1)
-    lo = int(math.floor(pos))
-    hi = min(lo + 1, len(ascending) - 1)
-    return ascending[lo] + (pos - lo) * (ascending[hi] - ascending[lo])
+    def time_reference_s(self, obs: Observation, weights: "RewardWeights") -> float:
+        """T_ref of one observation's time factor; nan when there is none."""
+        return float(self.time_references_s(ObservationBatch.of([obs]), weights)[0])
 
 
 @dataclass(frozen=True)
@@ -162,63 +158,95 @@ class RewardTerms:
     total: float
 
 
+#: The factors of :func:`reward_arrays` (and fields of :class:`RewardTerms`), ``total`` last.
+FACTORS = ("loss", "prune", "importance", "rank", "time", "total")
+
+
+def relative_loss_drops(loss_before: np.ndarray, loss_after: np.ndarray) -> np.ndarray:
+    """max(0, (L_before − L_after) / L_before) elementwise; nan where the losses were not measured."""
+    lb, la = np.asarray(loss_before, dtype=float), np.asarray(loss_after, dtype=float)
+    valid = np.isfinite(lb) & np.isfinite(la) & (lb > 0)
+    out = np.full(lb.shape, np.nan)
+    out[valid] = np.maximum(0.0, (lb[valid] - la[valid]) / lb[valid])
+    return out
+
+
 def relative_loss_drop(obs: Observation) -> float:
     """max(0, (L_before − L_after) / L_before); nan when the losses were not measured."""
-    lb, la = obs.loss_before, obs.loss_after
-    if not (math.isfinite(lb) and math.isfinite(la)) or lb <= 0:
-        return float("nan")
-    return max(0.0, (lb - la) / lb)
+    return float(relative_loss_drops(np.array([obs.loss_before]), np.array([obs.loss_after]))[0])
+
+
+def pruning_progresses(sparsity_before: np.ndarray, sparsity_after: np.ndarray, s_star: np.ndarray) -> np.ndarray:
+    """Share of the remaining way to s* covered this round, in [0, 1], elementwise; 1 once s* is reached."""
+    before = np.asarray(sparsity_before, dtype=float)
+    remaining = np.asarray(s_star, dtype=float) - before
+    delta = np.asarray(sparsity_after, dtype=float) - before
+    done = remaining <= 1e-12
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.clip(delta / np.where(done, 1.0, remaining), 0.0, 1.0)
+    share = np.where(np.isfinite(delta), share, 0.0)
+    return np.where(done, 1.0, share)
 
 
 def pruning_progress(obs: Observation) -> float:
     """Share of the remaining way to s* covered this round, in [0, 1]; 1 once s* is reached."""
-    remaining = obs.s_star - obs.sparsity_before
-    if remaining <= 1e-12:
-        return 1.0
-    delta = obs.sparsity_after - obs.sparsity_before
-    if not math.isfinite(delta):
-        return 0.0
-    return min(1.0, max(0.0, delta / remaining))
+    return float(pruning_progresses(np.array([obs.sparsity_before]), np.array([obs.sparsity_after]),
+                                    np.array([obs.s_star]))[0])
+
+
+def reward_arrays(observations: "ObservationBatch | Sequence[Observation]", weights: RewardWeights = DEFAULT_WEIGHTS,
+                  context: RoundContext | None = None) -> dict[str, np.ndarray]:
+    """Every factor of every device's reward, as float64 arrays aligned with ``observations``
+    (keys :data:`FACTORS`); a failed device (any outcome but OK) gets all zeros.
+
+    The one implementation of the reward: :func:`reward_terms`, :func:`round_reward_terms` and the
+    server loop all call it. Without a ``context`` the loss drop is used unnormalised and the
+    importance factor is neutral (one observation alone has no scale for ‖B·A‖_F).
+    """
+    batch = ObservationBatch.of(observations)
+    w = weights
+    n = len(batch)
+    # loss drop, normalised by the round's largest
+    drop = relative_loss_drops(batch.loss_before, batch.loss_after)
+    scale = context.max_loss_drop if context is not None else float("nan")
+    if math.isfinite(scale) and scale > 0:
+        norm_drop = drop / scale
+    elif math.isfinite(scale):
+        norm_drop = np.zeros(n)
+    else:
+        norm_drop = drop
+    f_loss = np.where(np.isfinite(drop), (1.0 - w.loss) + w.loss * np.minimum(1.0, norm_drop), 1.0)
+    # pruning progress
+    f_prune = (1.0 - w.prune) + w.prune * pruning_progresses(batch.sparsity_before, batch.sparsity_after, batch.s_star)
+    # update importance
+    mean_norm = context.mean_update_norm if context is not None else float("nan")
+    norm = batch.update_norm
+    if math.isfinite(mean_norm):
+        valid = np.isfinite(norm) & (norm + mean_norm > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iota = norm / (norm + mean_norm)
+        f_imp = np.where(valid, (1.0 - w.importance) + w.importance * iota, 1.0)
+    else:
+        f_imp = np.ones(n)
+    # capacity prior
+    f_rank = np.minimum(1.0, batch.r / w.rank_ref) ** w.rank
+    # relative speed
+    t_i = batch.completion_s
+    t_bar = context.time_references_s(batch, w) if context is not None else batch.round_mean_completion_s
+    valid = np.isfinite(t_i) & np.isfinite(t_bar) & (t_bar > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(t_i > 0, t_bar / np.where(t_i > 0, t_i, 1.0), np.inf)
+    f_time = np.where(valid, np.minimum(w.time_cap, ratio) ** w.time_exponent, 1.0)
+    ok = batch.ok
+    out = {name: np.where(ok, f, 0.0) for name, f in zip(FACTORS[:-1], (f_loss, f_prune, f_imp, f_rank, f_time))}
+    out["total"] = out["loss"] * out["prune"] * out["importance"] * out["rank"] * out["time"]
+    return out
 
 
 def reward_terms(obs: Observation, weights: RewardWeights = DEFAULT_WEIGHTS, context: RoundContext | None = None) -> RewardTerms:
-    """The factors of one device's reward. A failed device (any outcome but OK) gets all zeros.
-
-    Without a ``context`` the loss drop is used unnormalised and the importance factor is neutral
-    (one observation alone has no scale for ‖B·A‖_F).
-    """
-    if not obs.ok:
-        return RewardTerms(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-    w = weights
-    # loss drop
-    drop = relative_loss_drop(obs)
-    if not math.isfinite(drop):
-        f_loss = 1.0
-    else:
-        scale = context.max_loss_drop if context is not None else float("nan")
-        norm_drop = drop / scale if (math.isfinite(scale) and scale > 0) else (0.0 if math.isfinite(scale) else drop)
-        f_loss = (1.0 - w.loss) + w.loss * min(1.0, norm_drop)
-    # pruning progress
-    f_prune = (1.0 - w.prune) + w.prune * pruning_progress(obs)
-    # update importance
-    mean_norm = context.mean_update_norm if context is not None else float("nan")
-    if math.isfinite(obs.update_norm) and math.isfinite(mean_norm) and obs.update_norm + mean_norm > 0:
-        iota = obs.update_norm / (obs.update_norm + mean_norm)
-        f_imp = (1.0 - w.importance) + w.importance * iota
-    else:
-        f_imp = 1.0
-    # capacity prior
-    f_rank = min(1.0, obs.arm.r / w.rank_ref) ** w.rank
-    # relative speed
-    t_i = obs.completion_s
-    t_bar = context.time_reference_s(obs, w) if context is not None else obs.round_mean_completion_s
-    if math.isfinite(t_i) and math.isfinite(t_bar) and t_bar > 0:
-        ratio = t_bar / t_i if t_i > 0 else math.inf
-        f_time = min(w.time_cap, ratio) ** w.time_exponent
-    else:
-        f_time = 1.0
-    total = f_loss * f_prune * f_imp * f_rank * f_time
-    return RewardTerms(f_loss, f_prune, f_imp, f_rank, f_time, total)
+    """The factors of one device's reward (:func:`reward_arrays` for one observation)."""
+    terms = reward_arrays([obs], weights, context)
+    return RewardTerms(*(float(terms[name][0]) for name in FACTORS))
 
 
 def reward(obs: Observation, weights: RewardWeights = DEFAULT_WEIGHTS, context: RoundContext | None = None) -> float:
@@ -226,11 +254,19 @@ def reward(obs: Observation, weights: RewardWeights = DEFAULT_WEIGHTS, context: 
     return reward_terms(obs, weights, context).total
 
 
+def round_reward_arrays(observations: "ObservationBatch | Sequence[Observation]",
+                        weights: RewardWeights = DEFAULT_WEIGHTS) -> dict[str, np.ndarray]:
+    """Every device's reward factors for one round, normalised within the round (arrays, :data:`FACTORS`)."""
+    batch = ObservationBatch.of(observations)
+    return reward_arrays(batch, weights, RoundContext.from_observations(batch))
+
+
 def round_reward_terms(observations: Iterable[Observation], weights: RewardWeights = DEFAULT_WEIGHTS) -> dict[str, RewardTerms]:
     """The reward factors of every device of one round, normalised within the round."""
-    obs_list = list(observations)
-    context = RoundContext.from_observations(obs_list)
-    return {obs.device_id: reward_terms(obs, weights, context) for obs in obs_list}
+    batch = ObservationBatch.of(list(observations) if not isinstance(observations, ObservationBatch) else observations)
+    terms = round_reward_arrays(batch, weights)
+    columns = [terms[name].tolist() for name in FACTORS]
+    return {d: RewardTerms(*values) for d, values in zip(batch.device_ids, zip(*columns))}
 
 
 def round_rewards(observations: Iterable[Observation], weights: RewardWeights = DEFAULT_WEIGHTS) -> dict[str, float]:

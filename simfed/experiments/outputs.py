@@ -239,7 +239,8 @@ class RunDir:
                 self.file(name).unlink()
 
     def journal_rounds(self) -> Iterator[tuple]:
-        """The finished rounds' records, in order, one at a time: ``(plans, reply, RoundRow, [DeviceRoundRow])``."""
+        """The finished rounds' records, in order, one at a time: ``(PlanBatch, ServerReply, RoundRow, device-round
+        table)`` (an Arrow table with the columns of :class:`~simfed.experiments.tables.DeviceRoundRow`)."""
         import pickle
 
         path = self.file(JOURNAL)
@@ -270,9 +271,9 @@ class RunDir:
         (:meth:`event_writer`)."""
         with _AtomicParquet(self.file(ROUNDS), arrow_schema(RoundRow)) as rounds, \
                 _AtomicParquet(self.file(DEVICE_ROUNDS), arrow_schema(DeviceRoundRow)) as devices:
-            for _plans, _reply, round_row, device_rows in self.journal_rounds():
+            for _plans, _reply, round_row, device_table in self.journal_rounds():
                 rounds.write(to_arrow([round_row], RoundRow))
-                devices.write(to_arrow(device_rows, DeviceRoundRow))
+                devices.write(device_table)
         atomic_write_json(self.file(SUMMARY), summary)
         for name in (CHECKPOINT, JOURNAL):
             if self.file(name).exists():

@@ -21,7 +21,6 @@ import math
 import os
 import platform
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,7 +90,7 @@ def summarise(cfg: RunConfig, loop: ServerLoop, final: dict[str, float], cost: A
 
     totals = loop.state.totals
     target = cfg.target_accuracy
-    final_sparsity = float(np.mean(list(loop.state.sparsity.values()))) if loop.state.sparsity else 0.0
+    final_sparsity = float(np.mean(loop.state.sparsity)) if loop.state.sparsity.size else 0.0
     inf_flops = cost.inference_flops(final_sparsity, cfg.train.seq_len) / cost.inference_flops(0.0, cfg.train.seq_len)
     inf_mem = cost.inference_memory_bytes(final_sparsity) / cost.inference_memory_bytes(0.0)
     return {
@@ -223,8 +222,7 @@ class Session:
         length = self.rd.append_journal(pickle.dumps(loop.state.last_round(), protocol=fast))
         # the C pickler for plain state; the referencing pickler only where shared objects hide inside
         # (the oracle's trace predictor, the trainer's base model and data), since it is far slower
-        plain = {"sparsity": loop.state.sparsity, "has_base": loop.state.has_base, "merged": loop.state.merged,
-                 "totals": loop.state.totals, "method": loop.method.state_dict()}
+        plain = {"loop": loop.state.state_dict(), "method": loop.method.state_dict()}
         linked = {}
         if loop.learner is not None:
             linked["trainer"] = loop.learner.trainer
@@ -249,8 +247,7 @@ class Session:
         if checkpoint.get("config") != self.text:
             raise RunError(f"{self.rd.path}: the checkpoint belongs to another config; use --fresh to discard it")
         state = {**pickle.loads(checkpoint["plain"]), **loads_state(checkpoint["linked"], self.shared)}
-        loop_state = LoopState(sparsity=state["sparsity"], has_base=state["has_base"], merged=state["merged"],
-                               totals=state["totals"])
+        loop_state = LoopState.from_state_dict(state["loop"])
         for record in self.rd.read_journal(checkpoint["journal_bytes"]):
             loop_state.add_round(*pickle.loads(record))
         if loop_state.rounds_done != checkpoint["rounds_done"]:
@@ -421,13 +418,16 @@ def build_server_costs(cfg: RunConfig, cost: Any, method: "ResolvedMethod") -> A
         full_dims = adapted(0.0)
 
         def aggregate(plans, merged_before):
-            groups = Counter((p.rank, p.sparsity_after) for p in plans)
-            return merge(full_dims, [(r, adapted(s), n) for (r, s), n in sorted(groups.items())], merged_before)
+            groups, counts = np.unique(np.stack([plans.r.astype(float), plans.sparsity_after], axis=1), axis=0,
+                                       return_counts=True)
+            return merge(full_dims, [(int(r), adapted(float(s)), int(n)) for (r, s), n in zip(groups.tolist(), counts.tolist())],
+                         merged_before)
 
     evaluate = None
     if sv.eval_sequences > 0:
         def evaluate(sparsity):
-            return sv.eval_sequences * sum(cost.inference_flops(s) for s in sparsity.values())
+            levels, counts = np.unique(sparsity, return_counts=True)
+            return sv.eval_sequences * sum(n * cost.inference_flops(float(s)) for s, n in zip(levels.tolist(), counts.tolist()))
 
     oneshot = cost.oneshot_pruning_flops(sv.calibration_sequences) if (sv.oneshot_time and method.prune_mode == "oneshot") else 0.0
     return ServerCosts(aggregate=aggregate, evaluate=evaluate, oneshot_flops=oneshot, base_download=sv.base_download)

@@ -15,7 +15,9 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Iterable
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 #: Version of the run-directory tables; 2: server phases, failures, nominal and measured sparsity.
 SCHEMA_VERSION = 2
@@ -122,6 +124,20 @@ def to_arrow(rows: Iterable, cls: type) -> pa.Table:
     return pa.table(data, schema=arrow_schema(cls))
 
 
+def table_of(columns: dict, cls: type) -> pa.Table:
+    """One table of class ``cls`` from its columns (arrays or lists, one per field, aligned).
+
+    Raises:
+        ValueError: a missing or unknown column, naming it.
+    """
+    names = [f.name for f in fields(cls)]
+    missing, unknown = set(names) - set(columns), set(columns) - set(names)
+    if missing or unknown:
+        raise ValueError(f"{cls.__name__}: missing column(s) {sorted(missing)}, unknown column(s) {sorted(unknown)}")
+    schema = arrow_schema(cls)
+    return pa.table([pa.array(columns[n], type=schema.field(n).type) for n in names], schema=schema)
+
+
 @dataclass
 class RunTotals:
     """The run's headline numbers, folded in round by round (no table kept in memory; picklable)."""
@@ -139,7 +155,10 @@ class RunTotals:
     outcomes: dict = field(default_factory=dict)
     first_failure: tuple | None = None  # (round, device id, why) of the first rejected update
 
-    def add(self, row: RoundRow, device_rows: Iterable[DeviceRoundRow]) -> None:
+    def add(self, row: RoundRow, device_rows: "pa.Table | Iterable[DeviceRoundRow]") -> None:
+        """Fold in one finished round: its row and its device-round rows (a table, or records)."""
+        if not isinstance(device_rows, pa.Table):
+            device_rows = to_arrow(device_rows, DeviceRoundRow)
         self.rounds += 1
         self.end_s = row.end_s
         self.duration_sum += row.duration_s
@@ -150,13 +169,21 @@ class RunTotals:
         if (self.target_accuracy > 0 and self.time_to_target_s is None and row.evaluated and at_s_star
                 and math.isfinite(row.accuracy) and row.accuracy >= self.target_accuracy):
             self.time_to_target_s, self.rounds_to_target = row.end_s, row.round
-        for d in device_rows:
-            self.outcomes[d.outcome] = self.outcomes.get(d.outcome, 0) + 1
-            if d.failure and self.first_failure is None:
-                self.first_failure = (d.round, d.device_id, d.failure)
-            if math.isfinite(d.wait_s):
-                self.wait_sum += d.wait_s
-                self.wait_n += 1
+        counts = pc.value_counts(device_rows.column("outcome")).to_pylist()
+        for item in sorted(counts, key=lambda c: c["values"]):
+            self.outcomes[item["values"]] = self.outcomes.get(item["values"], 0) + item["counts"]
+        if self.first_failure is None:
+            failure = device_rows.column("failure").to_numpy(zero_copy_only=False)
+            hit = np.flatnonzero(failure != "")
+            if hit.size:
+                i = int(hit[0])
+                self.first_failure = (int(device_rows.column("round")[i].as_py()), device_rows.column("device_id")[i].as_py(),
+                                      str(failure[i]))
+        wait = device_rows.column("wait_s").to_numpy()
+        wait = wait[np.isfinite(wait)]
+        if wait.size:
+            self.wait_sum += math.fsum(wait.tolist())
+            self.wait_n += int(wait.size)
 
     @property
     def mean_wait_s(self) -> float | None:

@@ -223,6 +223,9 @@ class CostModel:
     timing run asks for the same few configurations millions of times.
     """
 
+    #: A plan's cost depends on its shape only, never on the device (the engine costs each distinct shape once).
+    costs_by_shape = True
+
     def __init__(
         self,
         shape: ModelShape,

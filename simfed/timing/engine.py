@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from simfed.records import DeviceTiming, Event, Plan
+from simfed.records import DeviceTiming, Event, Plan, PlanBatch, RecordColumns
 from simfed.timing.cost import PlanCost
 from simfed.timing.log import EVENT_KINDS, KIND_RANK, EventLog, log_round
 from simfed.timing.packed import PackedPopulation
@@ -43,7 +43,7 @@ from simfed.timing.round import (
     TimingColumns,
     close_round,
     close_time,
-    cost_columns,
+    plan_cost_columns,
     mark_failed,
     round_timing,
     run_private,
@@ -84,7 +84,7 @@ class RoundDriver(Protocol):
         """The finished round (server phases included); False stops the run."""
 
 
-class TimingRows(Sequence[DeviceTiming]):
+class TimingRows(RecordColumns):
     """One round's :class:`~simfed.records.DeviceTiming` records, built from its columns on first use.
 
     Building 10^4 records costs about as much per device-round as simulating them, and a timing-only
@@ -99,36 +99,21 @@ class TimingRows(Sequence[DeviceTiming]):
         self.device_ids = device_ids
         self._rows: list[DeviceTiming] | None = None
 
-    def rows(self) -> list[DeviceTiming]:
-        """The records (a cached list)."""
-        if self._rows is None:
-            gc_was_on = gc.isenabled()
-            gc.disable()  # 10^4 records, no cycles: the collector's passes only cost time
-            try:
-                self._rows = self.columns.to_timings(self.device_ids)
-            finally:
-                if gc_was_on:
-                    gc.enable()
-        return self._rows
+    @property
+    def round(self) -> int:
+        return self.columns.round
+
+    def _make_rows(self) -> list[DeviceTiming]:
+        gc_was_on = gc.isenabled()
+        gc.disable()  # 10^4 records, no cycles: the collector's passes only cost time
+        try:
+            return self.columns.to_timings(self.device_ids)
+        finally:
+            if gc_was_on:
+                gc.enable()
 
     def __len__(self) -> int:
         return len(self.columns.positions)
-
-    def __getitem__(self, i):
-        return self.rows()[i]
-
-    def __iter__(self):
-        return iter(self.rows())
-
-    def __eq__(self, other) -> bool:
-        if isinstance(other, (list, TimingRows)):
-            return self.rows() == list(other)
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"TimingRows(round {self.columns.round}, {len(self)} devices)"
 
 
 class EngineResult:
@@ -173,9 +158,14 @@ class EngineResult:
         return f"EngineResult({len(self.rounds)} rounds, {n_timings} device timings, {len(self.log or ())} events)"
 
 
-def check_plans(plans: list[Plan], round_: int, ids: list[str]) -> None:
+def check_plans(plans: "Sequence[Plan]", round_: int, ids: list[str]) -> None:
+    """The driver's plans are for the selected devices, in their order, and this round."""
     if len(plans) != len(ids):
         raise ValueError(f"driver.plans for round {round_}: {len(plans)} plans for {len(ids)} devices")
+    if isinstance(plans, PlanBatch):
+        if plans.round == round_ and plans.device_ids == ids:
+            return
+        plans = plans.rows()
     for i, (p, d) in enumerate(zip(plans, ids)):
         if p.device_id != d or p.round != round_:
             raise ValueError(
@@ -272,9 +262,10 @@ class Engine:
         cfg, pk, ids_all = self.config, self.packed, self.device_ids
         t_sel, chosen = select_positions(cfg, pk, r, t)
         ids = [ids_all[i] for i in chosen.tolist()]
-        plans = self.driver.plans(r, t_sel, ids)
-        check_plans(plans, r, ids)
-        tl = Timelines.empty(chosen, t_sel, *cost_columns(list(map(self.cost.plan_cost, plans))))
+        planned = self.driver.plans(r, t_sel, ids)
+        check_plans(planned, r, ids)
+        plans = PlanBatch.of(planned, round=r)
+        tl = Timelines.empty(chosen, t_sel, *plan_cost_columns(self.cost, plans))
         quota = cfg.quota(len(ids))
         if self._rounds is not None:
             t_close, reason = self._rounds.run(r, tl, quota, t_sel, ids_all)
@@ -290,7 +281,7 @@ class Engine:
         rt = round_timing(r, t, t_sel, reason, cols, reply.aggregate_flops / cfg.server_flops,
                           reply.evaluate_flops / cfg.server_flops)
         if result.log is not None:
-            log_round(result.log, pk.ram_bytes, rt, cols, [p.arm for p in plans], prune_end, reply.failed)
+            log_round(result.log, pk.ram_bytes, rt, cols, (plans.p, plans.r), prune_end, reply.failed)
         result.add_round(rt, timings)
         return rt, bool(self.driver.round_done(r, timings, rt))
 

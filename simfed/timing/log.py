@@ -75,25 +75,27 @@ class EventLog:
         round_: int,
         select_s: float,
         selected: np.ndarray,
-        arms: Sequence[Arm] | None,
+        arms: "Sequence[Arm] | tuple[np.ndarray, np.ndarray] | None",
         time_s: np.ndarray,
         kind: np.ndarray,
         position: np.ndarray,
         details: Mapping[tuple[int, int], str],
     ) -> None:
         """One round's events: ``selected`` positions were selected at ``select_s`` playing ``arms``
-        (aligned; None gives empty details); the other events are rows of ``time_s``/``kind``/
-        ``position`` (-1 for server events); ``details`` maps (kind code, position) to a detail."""
+        (aligned: :class:`~simfed.records.Arm` records or a ``(p, r)`` pair of arrays; None gives empty
+        details); the other events are rows of ``time_s``/``kind``/``position`` (-1 for server events);
+        ``details`` maps (kind code, position) to a detail."""
         selected = np.asarray(selected, dtype=np.int64)
         time_s, kind, position = np.asarray(time_s, dtype=float), np.asarray(kind, dtype=np.int64), np.asarray(position, dtype=np.int64)
+        arm_codes, arm_texts = _arm_codes(arms, len(selected))
         if self.sample is not None:
             keep_sel = self.sample[selected]
             selected = selected[keep_sel]
-            if arms is not None:
-                arms = [a for a, k in zip(arms, keep_sel.tolist()) if k]
+            if arm_codes is not None:
+                arm_codes = arm_codes[keep_sel]
             keep = (position < 0) | self.sample[np.maximum(position, 0)]
             time_s, kind, position = time_s[keep], kind[keep], position[keep]
-        chunk = (round_, float(select_s), selected, arms, time_s, kind, position, details)
+        chunk = (round_, float(select_s), selected, (arm_codes, arm_texts), time_s, kind, position, dict(details))
         self._n += len(selected) + len(time_s)
         if self.sink is not None:
             self.sink(self._table([chunk]))
@@ -105,19 +107,37 @@ class EventLog:
         return self._n
 
     def _sorted_chunks(self, chunks=None):
-        for r, t_sel, selected, arms, t, kind, pos, details in (self._chunks if chunks is None else chunks):
+        """Each round's events in canonical order, with the index of each event's detail into a list of texts."""
+        for r, t_sel, selected, (arm_codes, arm_texts), t, kind, pos, details in (self._chunks if chunks is None else chunks):
             n_sel = len(selected)
             tt = np.concatenate([np.full(n_sel, t_sel), np.asarray(t, dtype=float)])
             kk = np.concatenate([np.full(n_sel, _SELECT, dtype=np.int64), np.asarray(kind, dtype=np.int64)])
             pp = np.concatenate([selected, np.asarray(pos, dtype=np.int64)])
             order = np.lexsort((pp, kk, tt))
-            yield r, selected, arms, tt[order], kk[order], pp[order], details
+            tt, kk, pp = tt[order], kk[order], pp[order]
+            # details: texts[0] is "", then the arms' texts, then one per (kind, position) detail
+            texts = [""] + list(arm_texts)
+            code = np.zeros(len(tt), dtype=np.int64)
+            if arm_codes is not None and n_sel:
+                code[:n_sel] = arm_codes + 1
+                code = code[order]
+            if details:
+                n_ids = len(self.device_ids) + 1
+                keys = np.array([kc * n_ids + (q + 1) for kc, q in details], dtype=np.int64)
+                sort = np.argsort(keys)
+                keys = keys[sort]
+                event_keys = kk * n_ids + (pp + 1)
+                at = np.minimum(np.searchsorted(keys, event_keys), len(keys) - 1)
+                hit = keys[at] == event_keys
+                code[hit] = len(texts) + sort[at[hit]]
+                texts.extend(details.values())
+            yield r, tt, kk, pp, code, texts
 
     def columns(self) -> dict[str, np.ndarray]:
         """The whole log as sorted arrays: ``time_s``, ``round``, ``position`` (-1: server), ``kind``
         (a code into :data:`EVENT_KINDS`). Details are only in :meth:`events`."""
         if self._columns is None:
-            parts = [(t, np.full(len(t), r, dtype=np.int64), p, k) for r, _, _, t, k, p, _ in self._sorted_chunks()]
+            parts = [(t, np.full(len(t), r, dtype=np.int64), p, k) for r, t, k, p, _, _ in self._sorted_chunks()]
             if parts:
                 cols = [np.concatenate(c) for c in zip(*parts)]
             else:
@@ -133,20 +153,14 @@ class EventLog:
             gc_was_on = gc.isenabled()
             gc.disable()  # a quarter of a million records and no cycles: the collector's passes only cost time
             try:
-                for r, selected, arms, t, k, p, details in self._sorted_chunks():
-                    sel_detail = dict(zip(selected.tolist(), map(arm_detail, arms))) if arms is not None else {}
-                    for ti, ki, pi in zip(t.tolist(), k.tolist(), p.tolist()):
-                        if ki == _SELECT:
-                            detail = sel_detail.get(pi, "")
-                        else:
-                            detail = details.get((ki, pi), "") if details else ""
-                        out.append(Event(ti, r, ids[pi] if pi >= 0 else "", EVENT_KINDS[ki], detail))
+                for r, t, k, p, code, texts in self._sorted_chunks():
+                    for ti, ki, pi, ci in zip(t.tolist(), k.tolist(), p.tolist(), code.tolist()):
+                        out.append(Event(ti, r, ids[pi] if pi >= 0 else "", EVENT_KINDS[ki], texts[ci]))
             finally:
                 if gc_was_on:
                     gc.enable()
             self._events = out
         return self._events
-
 
     def table(self) -> pa.Table:
         """The whole (kept) log as an Arrow table with the columns of ``events.parquet``
@@ -157,33 +171,39 @@ class EventLog:
         if self._ids is None:
             self._ids = pa.array(list(self.device_ids) + [""], type=pa.string())  # index -1 -> ""
         n_ids = len(self.device_ids)
-        times, rounds, where, kinds, details = [], [], [], [], []
-        for r, selected, arms, t, k, p, extra in self._sorted_chunks(chunks):
-            times.append(t)
-            rounds.append(np.full(len(t), r, dtype=np.int64))
-            where.append(np.where(p < 0, n_ids, p))
-            kinds.append(k)
-            detail = np.full(len(t), "", dtype=object)
-            if arms is not None and len(selected):
-                by_pos = dict(zip(selected.tolist(), map(arm_detail, arms)))
-                sel_rows = np.flatnonzero(k == _SELECT)
-                detail[sel_rows] = [by_pos.get(q, "") for q in p[sel_rows].tolist()]
-            if extra:
-                for (kc, pos), text in extra.items():
-                    rows = np.flatnonzero((k == kc) & (p == pos))
-                    detail[rows] = text
-            details.append(detail)
-        if not times:
-            empty = np.empty(0)
-            times, rounds, where, kinds, details = [empty], [empty.astype(np.int64)], [empty.astype(np.int64)], \
-                [empty.astype(np.int64)], [np.empty(0, dtype=object)]
-        return pa.table({
-            "time_s": pa.array(np.concatenate(times), type=pa.float64()),
-            "round": pa.array(np.concatenate(rounds), type=pa.int64()),
-            "device_id": self._ids.take(pa.array(np.concatenate(where))),
-            "kind": pa.array(list(EVENT_KINDS), type=pa.string()).take(pa.array(np.concatenate(kinds))),
-            "detail": pa.array(np.concatenate(details).tolist(), type=pa.string()),
-        })
+        kinds_text = pa.array(list(EVENT_KINDS), type=pa.string())
+        parts = []
+        for r, t, k, p, code, texts in self._sorted_chunks(chunks):
+            parts.append(pa.table({
+                "time_s": pa.array(t, type=pa.float64()),
+                "round": pa.array(np.full(len(t), r, dtype=np.int64), type=pa.int64()),
+                "device_id": self._ids.take(pa.array(np.where(p < 0, n_ids, p))),
+                "kind": kinds_text.take(pa.array(k)),
+                "detail": pa.array(texts, type=pa.string()).take(pa.array(code)),
+            }))
+        if not parts:
+            return pa.table({"time_s": pa.array([], pa.float64()), "round": pa.array([], pa.int64()),
+                             "device_id": pa.array([], pa.string()), "kind": pa.array([], pa.string()),
+                             "detail": pa.array([], pa.string())})
+        return pa.concat_tables(parts)
+
+
+def _arm_codes(arms, n: int) -> tuple[np.ndarray | None, list[str]]:
+    """The ``select`` events' details as codes into a list of distinct texts (a run plays few distinct arms)."""
+    if arms is None:
+        return None, []
+    if isinstance(arms, tuple) and len(arms) == 2 and isinstance(arms[0], np.ndarray):
+        p, r = np.asarray(arms[0], dtype=float), np.asarray(arms[1], dtype=np.int64)
+        if len(p) != n or len(r) != n:
+            raise ValueError(f"EventLog.add_round: arms of length {len(p)}/{len(r)} for {n} selected devices")
+        pairs = np.stack([p, r.astype(float)], axis=1) if n else np.empty((0, 2))
+        uniq, codes = np.unique(pairs, axis=0, return_inverse=True)
+        return codes.reshape(-1).astype(np.int64), [arm_detail(Arm(float(a), int(b))) for a, b in uniq.tolist()]
+    texts = [arm_detail(a) for a in arms]
+    if len(texts) != n:
+        raise ValueError(f"EventLog.add_round: {len(texts)} arms for {n} selected devices")
+    uniq, codes = np.unique(np.array(texts, dtype=object), return_inverse=True) if n else (np.array([]), np.empty(0, np.int64))
+    return np.asarray(codes, dtype=np.int64).reshape(-1), [str(x) for x in uniq.tolist()]
 
 
 def sample_mask(device_ids: Sequence[str], fraction: float, seed: int = 0) -> np.ndarray | None:

@@ -31,21 +31,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Callable, Generator, Mapping, Sequence
+from typing import Any, Callable, Generator, Mapping, Sequence
 
 import numpy as np
 
 from simfed.errors import SimfedError
-from simfed.records import DeviceTiming, Outcome
+from simfed.records import OK_CODE, OUTCOME_CODE, OUTCOMES, Arm, DeviceTiming, Outcome, Plan, PlanBatch
 from simfed.timing.cost import PlanCost
 from simfed.timing.packed import PackedPopulation
 
 INF = math.inf
 NAN = float("nan")
 
-OUTCOMES: tuple[Outcome, ...] = tuple(Outcome)
-OUTCOME_CODE: dict[Outcome, int] = {o: i for i, o in enumerate(OUTCOMES)}
-_OK = OUTCOME_CODE[Outcome.OK]
+_OK = OK_CODE
 
 AVAILABILITY_MODES = ("interval", "end_instant")
 DOWN, UP = "down", "up"
@@ -505,19 +503,32 @@ def round_timing(r: int, start_s: float, select_s: float, reason: str, cols: Tim
     )
 
 
-def cost_columns(costs: Sequence[PlanCost]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(flops, down_bytes, up_bytes, memory_bytes)`` arrays of a round's plan costs.
+def plan_cost_columns(cost: "Any", plans: "PlanBatch") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(flops, down_bytes, up_bytes, memory_bytes)`` arrays of a round's plans.
 
-    A cost model returns one cached object per distinct plan shape (a round has a handful), so the
-    fields are read once per distinct object and spread by index.
+    A cost model whose ``costs_by_shape`` is true (:class:`~simfed.timing.cost.CostModel`: a plan's cost
+    depends on its sparsities, iterations, tau, rank and base download, never on the device, whose speed
+    is in its traces) is asked once per distinct plan shape, for one representative
+    :class:`~simfed.records.Plan`; any other is asked for every plan.
     """
-    n = len(costs)
+    n = len(plans)
     if n == 0:
         return tuple(np.empty(0) for _ in range(4))  # type: ignore[return-value]
-    ids = np.fromiter(map(id, costs), dtype=np.int64, count=n)
-    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
-    table = np.array([(c.flops, c.down_bytes, c.up_bytes, c.memory_bytes) for c in (costs[i] for i in first.tolist())],
-                     dtype=float)
+    if not getattr(cost, "costs_by_shape", False):
+        table = np.array([(c.flops, c.down_bytes, c.up_bytes, c.memory_bytes) for c in map(cost.plan_cost, plans)],
+                         dtype=float)
+        return table[:, 0], table[:, 1], table[:, 2], table[:, 3]
+    shape = np.stack([plans.sparsity_before, plans.sparsity_after, plans.local_iters.astype(float),
+                      plans.tau.astype(float), plans.r.astype(float), plans.base_download.astype(float)], axis=1)
+    _, first, inverse = np.unique(shape, axis=0, return_index=True, return_inverse=True)
+    ids, r = plans.device_ids, plans.round
+    table = np.array([
+        (c.flops, c.down_bytes, c.up_bytes, c.memory_bytes)
+        for c in (cost.plan_cost(Plan(r, ids[i], Arm(float(plans.p[i]), int(plans.r[i])), float(plans.sparsity_before[i]),
+                                      float(plans.sparsity_after[i]), int(plans.local_iters[i]), int(plans.tau[i]),
+                                      bool(plans.base_download[i])))
+                  for i in first.tolist())
+    ], dtype=float)
     per = table[inverse.reshape(-1)]
     return per[:, 0], per[:, 1], per[:, 2], per[:, 3]
 

@@ -1,9 +1,10 @@
+import numpy as np
 import pytest
 
 from simfed.decisions.arms import ArmSpace
 from simfed.decisions.methods import METHODS, Method, build_method, get_method
 from simfed.decisions.policies import DiscountedUCB, Fixed, Oracle, SUCB
-from simfed.records import Arm
+from simfed.records import Arm, PlanBatch
 
 SPACE = ArmSpace()
 
@@ -95,12 +96,12 @@ def test_only_a_method_that_declares_it_sees_the_traces():
 
 def test_a_method_turns_arms_into_plans_by_its_schedule():
     uniform = build_method("uniform", SPACE, IDS, TYPES, 0, {"s_star": 0.5, "rounds_to_target": 2, "rank": 4})
-    sparsity = {"tx2-0": 0.0, "nx-1": 0.25, "agx-2": 0.5}
-    plans = uniform.plans(0, IDS, sparsity, s_star=0.5, local_iters=10, tau=5)
+    plans = uniform.plans(0, IDS, np.array([0.0, 0.25, 0.5]), s_star=0.5, local_iters=10, tau=5)
+    assert isinstance(plans, PlanBatch) and plans.device_ids == IDS
     assert [(p.sparsity_before, p.sparsity_after, p.rank) for p in plans] == [(0.0, 0.25, 4), (0.25, 0.5, 4), (0.5, 0.5, 4)]
     hetlora = build_method("hetlora", SPACE, IDS, TYPES, 0)
-    assert all(p.sparsity_after == 0.0 and p.arm.p == 0.0 for p in hetlora.plans(0, IDS, {d: 0.0 for d in IDS},
-                                                                                  s_star=0.5, local_iters=1, tau=1))
+    assert all(p.sparsity_after == 0.0 and p.arm.p == 0.0 for p in hetlora.plans(0, IDS, np.zeros(3), s_star=0.5,
+                                                                                  local_iters=1, tau=1))
     ptt = build_method("prune-then-tune", SPACE, IDS, TYPES, 0)
     assert ptt.start_sparsity(0.5) == 0.5 and uniform.start_sparsity(0.5) == 0.0
 

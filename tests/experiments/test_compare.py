@@ -83,7 +83,7 @@ def test_time_to_accuracy_agrees_with_the_runner(tmp_path):
     totals = RunTotals(s_star=0.5, target_accuracy=0.5)
     for row, dev in zip(records(rows, RoundRow), records(devs, DeviceRoundRow)):
         totals.add(row, [dev])
-    loop = SimpleNamespace(state=SimpleNamespace(totals=totals, sparsity={"d0": 0.5}), s_star=0.5)
+    loop = SimpleNamespace(state=SimpleNamespace(totals=totals, sparsity=np.array([0.5])), s_star=0.5)
     cost = SimpleNamespace(inference_flops=lambda s, n: (1.0 - s) * n, inference_memory_bytes=lambda s: 1.0 - s)
     summary = summarise(cfg, loop, {"accuracy": 0.55, "loss": 1.0}, cost, n_devices=1)
     assert summary["time_to_target_s"] == 40.0  # sanity: the runner skips rounds 1 and 2

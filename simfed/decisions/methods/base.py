@@ -28,13 +28,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
+
 from simfed.decisions.arms import ArmSpace
 from simfed.decisions.policies import POLICIES, Policy, make_policy
-from simfed.decisions.reward import DEFAULT_WEIGHTS, RewardWeights, round_reward_terms
+from simfed.decisions.reward import DEFAULT_WEIGHTS, RewardWeights, round_reward_arrays
 from simfed.errors import OptionError
 from simfed.options import REQUIRED, Option, OptionTable, Range
-from simfed.records import Arm, Observation, Plan
-from simfed.structure import next_sparsity
+from simfed.records import Arm, Observation, ObservationBatch, Plan, PlanBatch
 
 PRUNE_MODES = ("iterative", "oneshot", "none")
 
@@ -138,22 +139,31 @@ class Method:
         """Nominal sparsity of every device before round 0 (``s_star`` after one-shot pruning)."""
         return s_star if self.prune_mode == "oneshot" else 0.0
 
-    def schedule(self, arm: Arm, sparsity_before: float, s_star: float) -> tuple[Arm, float]:
-        """The arm a device plays and the nominal sparsity it reaches this round (the pruning schedule)."""
-        if self.prune_mode == "iterative":
-            return arm, next_sparsity(sparsity_before, arm.p, s_star)
-        return Arm(p=0.0, r=arm.r), sparsity_before  # one-shot devices are already at s*; "none" never prunes
+    def schedule(self, p: np.ndarray, r: np.ndarray, sparsity_before: np.ndarray,
+                 s_star: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The pruning schedule: the arms the devices play and the nominal sparsity each reaches this round.
 
-    def plans(self, round: int, device_ids: Sequence[str], sparsity: Mapping[str, float], *, s_star: float,
-              local_iters: int, tau: int) -> list[Plan]:
-        """The plans of the selected devices: the policy's arms through the pruning schedule."""
-        arms = self.policy.select(round, list(device_ids))
-        out = []
-        for dev in device_ids:
-            arm, after = self.schedule(arms[dev], sparsity[dev], s_star)
-            out.append(Plan(round=round, device_id=dev, arm=arm, sparsity_before=sparsity[dev], sparsity_after=after,
-                            local_iters=local_iters, tau=tau))
-        return out
+        Arrays aligned over the round's devices: ``p`` (float64 increments), ``r`` (int64 ranks),
+        ``sparsity_before`` (float64); returns ``(p, r, sparsity_after)``. Iterative: ``s + p`` capped at s*
+        (:func:`~simfed.structure.next_sparsity`); one-shot and none: p = 0, the sparsity unchanged.
+        """
+        if self.prune_mode == "iterative":
+            after = np.where(sparsity_before < s_star, np.minimum(sparsity_before + np.maximum(p, 0.0), s_star),
+                             sparsity_before)
+            return p, r, after
+        return np.zeros_like(p), r, sparsity_before  # one-shot devices are already at s*; "none" never prunes
+
+    def plans(self, round: int, device_ids: Sequence[str], sparsity_before: np.ndarray, *, s_star: float,
+              local_iters: int, tau: int) -> PlanBatch:
+        """The plans of the selected devices (``sparsity_before``: float64 aligned with ``device_ids``): the
+        policy's arms (its array interface, :meth:`~simfed.decisions.policies.Policy.select_array`) through
+        the pruning schedule (:meth:`schedule`)."""
+        ids = device_ids if isinstance(device_ids, list) else list(device_ids)
+        positions = self.policy.register(ids)
+        p, r = self.policy.select_array(round, positions)
+        p, r, after = self.schedule(p, r, np.asarray(sparsity_before, dtype=np.float64), s_star)
+        self._selected = (round, ids, positions)
+        return PlanBatch(round, ids, p, r, sparsity_before, after, local_iters, tau)
 
     def downlink(self, aggregator: Any, plan: Plan, kept: Any) -> Any:
         """A device's downlink: the global adapter cut to its rank and kept structure (full runs)."""
@@ -163,13 +173,27 @@ class Method:
         """Prune every device to s* before round 0 with the method's importance criterion (``prune_mode = oneshot``)."""
         learner.oneshot_prune(list(device_ids), s_star, self.importance)
 
-    def rewards(self, observations: Sequence[Observation]) -> dict[str, float]:
-        """Each device's reward for the round (FedSpine's, :mod:`simfed.decisions.reward`, by default)."""
-        return {d: t.total for d, t in round_reward_terms(observations, self.reward_weights).items()}
+    def rewards(self, observations: "ObservationBatch | Sequence[Observation]") -> np.ndarray:
+        """Each device's reward for the round, a float64 array aligned with ``observations`` (FedSpine's,
+        :mod:`simfed.decisions.reward`, by default). A method may return a ``{device_id: reward}`` mapping
+        instead; a device it leaves out then earns nothing."""
+        return round_reward_arrays(observations, self.reward_weights)["total"]
 
-    def learn(self, round: int, observations: Sequence[Observation], rewards: Mapping[str, float]) -> None:
-        """What the policy learns from the round."""
-        self.policy.update(round, observations, rewards)
+    def learn(self, round: int, observations: "ObservationBatch | Sequence[Observation]",
+              rewards: "np.ndarray | Mapping[str, float]") -> None:
+        """What the policy learns from the round (its array interface,
+        :meth:`~simfed.decisions.policies.Policy.update_array`). ``rewards``: aligned with ``observations``, or a
+        ``{device_id: reward}`` mapping (a device left out: NaN, "no reward")."""
+        batch = ObservationBatch.of(observations, round=round)
+        if isinstance(rewards, Mapping):
+            rewards = np.fromiter((float(rewards.get(d, np.nan)) for d in batch.device_ids), dtype=np.float64,
+                                  count=len(batch))
+        selected = getattr(self, "_selected", None)
+        if selected is not None and selected[0] == round and selected[1] is batch.device_ids:
+            devices = selected[2]  # the positions of this round's plans, in the same order
+        else:
+            devices = batch.device_ids
+        self.policy.update_array(round, devices, batch.columns(), rewards)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

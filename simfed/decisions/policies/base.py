@@ -305,15 +305,26 @@ class Policy(abc.ABC):
         """What the policy has learned (its private attributes, by the convention above: learners, pending
         choices, RNG states), as a deep copy that :meth:`load_state_dict` restores exactly.
 
-        A policy that keeps derived or shared objects privately overrides this (see the oracle)."""
-        return copy.deepcopy({k: v for k, v in vars(self).items() if k.startswith("_") and not k.startswith("__")})
+        A policy that keeps derived or shared objects privately overrides this (see the oracle). The device
+        table of :meth:`register` is stored as its id list (strings need no deep copy; the index is rebuilt)."""
+        learned = {k: v for k, v in vars(self).items()
+                   if k.startswith("_") and not k.startswith("__") and k not in ("_ids", "_rows")}
+        state = copy.deepcopy(learned)
+        if hasattr(self, "_ids"):
+            state["_ids"] = list(self._ids)
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (on a policy built with the same arguments)."""
-        for k, v in copy.deepcopy(dict(state)).items():
+        state = dict(state)
+        ids = state.pop("_ids", None)
+        for k, v in copy.deepcopy(state).items():
             if not k.startswith("_"):
                 raise ValueError(f"{type(self).__name__}.load_state_dict: {k!r} is not learned state")
             setattr(self, k, v)
+        if ids is not None:
+            self._ids = list(ids)
+            self._rows = {d: i for i, d in enumerate(self._ids)}
 
     # --- river-style introspection ----------------------------------------------------------------
     def params(self) -> dict[str, Any]:
