@@ -67,6 +67,7 @@ class Step:
     units: Callable[[int], int]
     unit: str = "device"
     writes_traces: bool = False
+    keys: tuple[str, ...] | None = None  # which fields of the JSON the command prints to show (None: all)
 
 
 def _generate(fmt: str, sets: list[str]) -> Callable[[int, Path, Path], list[str]]:
@@ -75,6 +76,8 @@ def _generate(fmt: str, sets: list[str]) -> Callable[[int, Path, Path], list[str
                                                 "--out", str(trace_dir), "--format", fmt] + extra
 
 
+#: The run summary's fields the table shows.
+RUN_KEYS = ("rounds", "mean_round_s")
 #: Rounds of the run steps, and the share of devices whose events they log (``engine.log_sample``).
 RUN_ROUNDS = 10
 RUN_CONFIG = """name = "scale"
@@ -119,8 +122,8 @@ def steps_for(fmt: str, sets: list[str] = ()) -> list[Step]:
     return [
         Step("generate", _generate(fmt, list(sets)), lambda n: n, writes_traces=True),
         Step("load", lambda n, trace_dir, work: [sys.executable, "-c", LOAD, str(trace_dir)], lambda n: n),
-        Step("uniform", _run("uniform"), lambda n: n * RUN_ROUNDS, unit="device-round"),
-        Step("fedspine", _run("fedspine"), lambda n: n * RUN_ROUNDS, unit="device-round"),
+        Step("uniform", _run("uniform"), lambda n: n * RUN_ROUNDS, unit="device-round", keys=RUN_KEYS),
+        Step("fedspine", _run("fedspine"), lambda n: n * RUN_ROUNDS, unit="device-round", keys=RUN_KEYS),
     ]
 
 
@@ -155,10 +158,16 @@ def measure(step: Step, n: int, trace_dir: Path, work: Path) -> Result:
     proc.returncode = os.waitstatus_to_exitcode(status)
     text = out.read_text(errors="replace")
     detail = {}
-    for line in reversed(text.splitlines()):
-        if line.startswith("{"):
-            detail = json.loads(line)
+    lines = text.splitlines()
+    for i in range(len(lines) - 1, -1, -1):  # the last JSON object printed (one line, or a run's indented summary)
+        if lines[i].startswith("{"):
+            try:
+                detail = json.loads("\n".join(lines[i:]))
+            except json.JSONDecodeError:
+                detail = {}
             break
+    if step.keys is not None:
+        detail = {k: detail[k] for k in step.keys if k in detail}
     tail = (text + err.read_text(errors="replace")).strip().splitlines()[-3:]
     return Result(step.name, n, wall, usage.ru_maxrss * 1024, step.units(n), step.unit, proc.returncode,
                   _dir_bytes(trace_dir) if step.writes_traces else None, detail, " | ".join(tail))

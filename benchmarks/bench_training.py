@@ -299,10 +299,10 @@ def _worker(args: tuple, barrier, results) -> None:
     clients = load_clients(preset, n_devices, tokenizer)  # the same draw as the parent
     mine = {d: clients[d] for d in device_ids}
     cfg = train_config(preset, device, dtype)
-    from simfed.accuracy.aggregators import make_aggregator, rslora_scale
+    from simfed.accuracy.aggregators import make_aggregator, rslora_rule
 
     warm = Trainer(model.share_copy(), mine, cfg)
-    agg = make_aggregator("flexlora", warm.shape, r_max=rank, scale_rule=rslora_scale(cfg.alpha), seed=0)
+    agg = make_aggregator("flexlora", warm.shape, r_max=rank, scale_rule=rslora_rule(cfg.alpha), seed=0)
     first = device_ids[0]
     warm.run_round([Plan(0, first, Arm(0.0, rank), 0.0, 0.0, 2, 2)], {first: agg.factors_for(rank, Kept.full(warm.shape))})
     trainer = Trainer(model, mine, cfg)
@@ -315,8 +315,9 @@ def _worker(args: tuple, barrier, results) -> None:
 
 
 def parallel_round(preset: str, devices: list[str], workers: int, rank: int, iters: int, p: float, device: str,
-                   dtype: str) -> tuple[float, float]:
-    """(device-steps/s over all workers, wall s of the slowest) of one round split over ``workers`` processes."""
+                   dtype: str) -> tuple[float, float, float]:
+    """(device-steps/s over all workers, wall s of the slowest, CPU s per device-step inside the workers) of one
+    round split over ``workers`` processes."""
     ctx = mp.get_context("spawn")  # no fork: OpenMP state of the parent is not fork-safe
     barrier, results = ctx.Barrier(workers), ctx.Queue()
     shares = [devices[i::workers] for i in range(workers)]
@@ -329,7 +330,7 @@ def parallel_round(preset: str, devices: list[str], workers: int, rank: int, ite
         proc.join()
     steps = sum(o[0] for o in out)
     wall = max(o[1] for o in out)
-    return steps / wall, wall
+    return steps / wall, wall, sum(o[2] for o in out) / steps
 
 
 def main() -> None:
@@ -359,10 +360,10 @@ def main() -> None:
     cast_frozen(model, precision)
     flops = step_flops(model.share_copy(), cfg, args.rank, clients[devices[0]].train, precision)
 
-    from simfed.accuracy.aggregators import make_aggregator, rslora_scale
+    from simfed.accuracy.aggregators import make_aggregator, rslora_rule
 
     trainer = Trainer(model, clients, cfg)
-    agg = make_aggregator("flexlora", trainer.shape, r_max=args.rank, scale_rule=rslora_scale(cfg.alpha), seed=0,
+    agg = make_aggregator("flexlora", trainer.shape, r_max=args.rank, scale_rule=rslora_rule(cfg.alpha), seed=0,
                           device=trainer.device)
     plans = round_plans(devices, args.rank, args.iters, args.p)
     factors = {d: agg.factors_for(args.rank, trainer.kept(d)) for d in devices}
@@ -412,11 +413,12 @@ def main() -> None:
         ranks = [(4, 8, 16)[i % 3] for i in range(args.devices)] if args.mixed_ranks else [args.rank] * args.devices
         batched_vs_single(model, cfg, ranks, [clients[d].train for d in devices], precision)
     if args.workers > 1:
-        rate, wall = parallel_round(args.preset, devices, args.workers, args.rank, args.iters, args.p, args.device,
-                                    args.dtype)
+        rate, wall, cpu_step = parallel_round(args.preset, devices, args.workers, args.rank, args.iters, args.p,
+                                              args.device, args.dtype)
         one = steps / train.wall_s
         print(f"{args.workers} worker processes (1 thread each)  {rate:7.2f} device-steps/s (slowest worker {wall:.1f} s) vs "
-              f"one process {one:7.2f} (x{rate / one:.2f})")
+              f"one process {one:7.2f} (x{rate / one:.2f}); CPU time per step {1000 * cpu_step:.1f} ms in the workers vs "
+              f"{1000 * train.cpu_s / steps:.1f} ms in one process (x{args.workers} on {args.workers} free cores)")
 
 
 if __name__ == "__main__":

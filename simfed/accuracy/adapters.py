@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from simfed.structure import ModelShape, Structure
+from simfed.structure import DECODER_MODULES, ModelShape, Structure
 
-MODULES: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+MODULES: tuple[str, ...] = DECODER_MODULES  # the seven linears of a decoder block (one definition: simfed.structure)
 OUT_PRUNED: frozenset[str] = frozenset({"q", "k", "v", "gate", "up"})  # pruning removes rows (d_out)
 IN_PRUNED: frozenset[str] = frozenset({"o", "down"})  # pruning removes columns (d_in)
 

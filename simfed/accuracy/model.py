@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simfed.structure import ModelShape
+from simfed.structure import DECODER_MODULES, ModelShape
 
-LINEAR_NAMES: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+LINEAR_NAMES: tuple[str, ...] = DECODER_MODULES  # one definition: simfed.structure
 
 
 @dataclass(frozen=True)

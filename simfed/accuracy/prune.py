@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from simfed.accuracy.adapters import Kept
+from simfed.accuracy.adapters import MODULES, Kept
 from simfed.accuracy.model import Block, Model, SelectHook
 from simfed.structure import Structure
 
@@ -73,7 +73,7 @@ def lora_grad_scores(model: Model) -> list[LayerScores]:
     out = []
     for block in model.layers:
         elem = {}
-        for m in ("q", "k", "v", "o", "gate", "up", "down"):
+        for m in MODULES:
             lin = block.linear(m)
             if lin.lora_A is None:  # LoRA on some targets only: this linear tells nothing
                 continue
@@ -95,7 +95,7 @@ def taylor_scores(model: Model) -> list[LayerScores]:
     out = []
     for block in model.layers:
         elem = {}
-        for m in ("q", "k", "v", "o", "gate", "up", "down"):
+        for m in MODULES:
             w = block.linear(m).weight
             if w.grad is None:
                 raise ValueError("taylor importance needs weight gradients (weights must require grad)")
@@ -109,7 +109,7 @@ def magnitude_scores(model: Model) -> list[LayerScores]:
     """Sum of ``|w|`` per group (no data needed)."""
     hd = model.config.head_dim
     return [
-        _normalise(_group_sums(b, hd, {m: b.linear(m).weight.float().abs() for m in ("q", "k", "v", "o", "gate", "up", "down")}))
+        _normalise(_group_sums(b, hd, {m: b.linear(m).weight.float().abs() for m in MODULES}))
         for b in model.layers
     ]
 

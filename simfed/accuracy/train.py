@@ -341,7 +341,7 @@ class Trainer:
         if criterion_name not in NEEDS_WEIGHT_GRAD:
             return score_fn(st.model)
         # (an unpruned device's weights are the base's own tensors: their .grad is cleared below)
-        weights = [b.linear(m).weight for b in st.model.layers for m in ("q", "k", "v", "o", "gate", "up", "down")]
+        weights = [b.linear(m).weight for b in st.model.layers for m in MODULES]
         for w in weights:
             w.requires_grad_(True)
             w.grad = None

@@ -13,17 +13,17 @@ from simfed.accuracy.aggregators import (
     AGGREGATORS,
     layer_energy_in_top,
     make_aggregator,
-    rslora_scale,
+    rslora_rule,
     scale_rule,
     singular_value_energy,
 )
 from simfed.accuracy.aggregators.base import restriction
-from simfed.accuracy.aggregators.hetlora import update_norm
+from simfed.accuracy.aggregators.hetlora import linear_update_norm as update_norm
 from simfed.structure import ModelShape
 
 SHAPE = ModelShape(n_layers=2, d_model=8, n_heads=4, n_kv_heads=2, head_dim=2, d_ff=6, vocab_size=11)
 R_MAX = 4
-RULE = rslora_scale(2.0)
+RULE = rslora_rule(2.0)
 ATOL = 1e-5
 
 

@@ -11,7 +11,7 @@ import torch
 
 from simfed import config as C
 from simfed.accuracy.adapters import Kept
-from simfed.accuracy.aggregators import make_aggregator, rslora_scale
+from simfed.accuracy.aggregators import make_aggregator, rslora_rule
 from simfed.accuracy.device import (
     DeviceUnavailable,
     Precision,
@@ -31,12 +31,6 @@ NO_CUDA = not torch.cuda.is_available()
 CUDA_REASON = "torch sees no CUDA GPU on this machine (the GPU path is exercised on CPU only here)"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def trainer(**cfg) -> Trainer:
@@ -133,7 +127,7 @@ def test_mixed_precision_round_on_cpu(dtype):
         assert r.loss_before == pytest.approx(ref[d].loss_before, rel=0.02)
     # evaluation with a merged update, and the weights restored exactly afterwards
     before = tr.evaluate(["a", "b"])
-    agg = make_aggregator("flexlora", tr.shape, 8, rslora_scale(8.0), 0)
+    agg = make_aggregator("flexlora", tr.shape, 8, rslora_rule(8.0), 0)
     agg.aggregate([r.update for r in reps.values()])
     tuned = tr.evaluate(["a", "b"], agg.delta_for)
     assert tr.evaluate(["a", "b"]) == before
@@ -165,7 +159,7 @@ def test_lora_on_some_targets_trains_prunes_and_aggregates():
         assert {m for _, m in r.update.factors.A} == set(modules)
         assert tr.kept(d).structure() == structure_at(tr.shape, 0.25)
         assert r.loss_after < r.loss_before
-    agg = make_aggregator("flexlora", tr.shape, 8, rslora_scale(8.0), 0, modules=modules)
+    agg = make_aggregator("flexlora", tr.shape, 8, rslora_rule(8.0), 0, modules=modules)
     agg.aggregate([r.update for r in reps.values()])
     assert set(agg.delta_for(tr.kept("a"))) == {(l, m) for l in range(tr.shape.n_layers) for m in modules}
     assert tr.evaluate(["a"], agg.delta_for)["a"].loss < tr.evaluate(["a"])["a"].loss
@@ -196,7 +190,7 @@ def test_cuda_round_matches_the_cpu_round():
         assert rg[d].loss_before == pytest.approx(rc[d].loss_before, rel=1e-4)
         assert rg[d].loss_after == pytest.approx(rc[d].loss_after, rel=1e-2)
         assert all(a.is_cuda for a in rg[d].update.factors.A.values())
-    agg = make_aggregator("flexlora", gpu.shape, 8, rslora_scale(8.0), 0, device=gpu.device)
+    agg = make_aggregator("flexlora", gpu.shape, 8, rslora_rule(8.0), 0, device=gpu.device)
     agg.aggregate([r.update for r in rg.values()])
     assert all(t.is_cuda for t in agg.delta_for(gpu.kept("a")).values())
     assert gpu.evaluate(["a"], agg.delta_for)["a"].loss < gpu.evaluate(["a"])["a"].loss

@@ -26,13 +26,6 @@ ROUNDS = 3
 ITERS = 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small matmuls on a shared host: one intra-op thread (see docs/accuracy.md, performance)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def federated_run(p: float, seed: int = 0) -> tuple[EvalResult, EvalResult, EvalResult]:
@@ -41,7 +34,7 @@ def federated_run(p: float, seed: int = 0) -> tuple[EvalResult, EvalResult, Eval
     Returns (pre-trained model unpruned, final pruned models without adapter, final pruned models
     with the global update merged), each token-weighted over the participating roles' held-out text.
     """
-    from simfed.accuracy.aggregators import make_aggregator, rslora_scale
+    from simfed.accuracy.aggregators import make_aggregator, rslora_rule
     from simfed.accuracy.data import load_shakespeare
     from simfed.accuracy.pretrain import load_pretrained
 
@@ -50,7 +43,7 @@ def federated_run(p: float, seed: int = 0) -> tuple[EvalResult, EvalResult, Eval
     cfg = TrainConfig(seed=seed)
     devices = data.pick_clients(N_DEVICES, seed=seed, min_train_chars=MIN_TRAIN_CHARS)
     tr = Trainer(model, data.clients, cfg)
-    agg = make_aggregator("flexlora", tr.shape, r_max=8, scale_rule=rslora_scale(cfg.alpha), seed=seed)
+    agg = make_aggregator("flexlora", tr.shape, r_max=8, scale_rule=rslora_rule(cfg.alpha), seed=seed)
     unpruned = weighted_mean(tr.evaluate(devices))
     sparsity = {d: 0.0 for d in devices}
     for rnd in range(ROUNDS):

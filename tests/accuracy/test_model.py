@@ -11,13 +11,6 @@ from simfed.accuracy.model import Model, ModelConfig
 from simfed.accuracy.presets import preset
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls: one intra-op thread avoids OpenMP spin-waits on a shared 2-core host (20x faster here)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def small_config(n_kv_heads: int = 4) -> ModelConfig:

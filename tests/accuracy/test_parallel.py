@@ -13,12 +13,6 @@ from simfed.records import Arm, Plan
 from test_train import base_model, clients, factors_for  # tests/accuracy is on sys.path (rootdir-relative import)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def two_rounds(workers: int):

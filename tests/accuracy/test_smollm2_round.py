@@ -101,20 +101,11 @@ def _smollm2_or_skip():
     return smollm2
 
 
-@pytest.fixture
-def one_thread():
-    """135M-parameter steps on a shared 2-core host: one intra-op thread (docs/accuracy.md, performance)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.mark.llm
 @pytest.mark.slow
 def test_one_prune_tune_round_of_smollm2_lowers_pruned_perplexity(one_thread):
     smollm2 = _smollm2_or_skip()
-    from simfed.accuracy.aggregators import make_aggregator, rslora_scale
+    from simfed.accuracy.aggregators import make_aggregator, rslora_rule
     from simfed.accuracy.data import load_shakespeare
     from simfed.accuracy.train import Trainer, TrainConfig
     from simfed.records import Arm, Plan
@@ -127,7 +118,7 @@ def test_one_prune_tune_round_of_smollm2_lowers_pruned_perplexity(one_thread):
     clients = smollm2.tokenize_clients({d: data.clients[d] for d in devices}, tokenizer)
     cfg = TrainConfig(batch_size=BATCH, seq_len=SEQ_LEN, lr=LR, seed=0)
     tr = Trainer(model, clients, cfg)
-    agg = make_aggregator("flexlora", tr.shape, r_max=max(RANKS), scale_rule=rslora_scale(cfg.alpha), seed=0)
+    agg = make_aggregator("flexlora", tr.shape, r_max=max(RANKS), scale_rule=rslora_rule(cfg.alpha), seed=0)
 
     unpruned = tr.evaluate(devices)
     plans = [

@@ -16,13 +16,6 @@ from simfed.records import Arm, Plan
 from simfed.structure import sparsity_of, structure_at
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls: one intra-op thread avoids OpenMP spin-waits on a shared 2-core host (20x faster here)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 TEXTS = {

@@ -38,25 +38,25 @@ ScaleRule = Callable[[int], float]
 DTYPE = torch.float32
 
 
-def rslora_scale(alpha: float) -> ScaleRule:
+def rslora_rule(alpha: float) -> ScaleRule:
     """rsLoRA's rule (Kalajdzievski 2023, arXiv 2312.03732): scale = alpha / sqrt(r)."""
     return lambda rank: alpha / math.sqrt(rank)
 
 
-def lora_scale(alpha: float) -> ScaleRule:
+def classic_lora_rule(alpha: float) -> ScaleRule:
     """The original LoRA rule (Hu et al. 2021, arXiv 2106.09685): scale = alpha / r."""
     return lambda rank: alpha / rank
 
 
-def constant_scale(value: float = 1.0) -> ScaleRule:
+def constant_rule(value: float = 1.0) -> ScaleRule:
     """The same scale at every rank."""
     return lambda rank: value
 
 
 SCALE_RULES: dict[str, Callable[[float], ScaleRule]] = {
-    "rslora": rslora_scale,
-    "lora": lora_scale,
-    "constant": constant_scale,
+    "rslora": rslora_rule,
+    "lora": classic_lora_rule,
+    "constant": constant_rule,
 }
 
 

@@ -18,7 +18,7 @@ from simfed.accuracy.aggregators.base import Key, as_float
 from simfed.accuracy.aggregators.factor_average import FactorAverage
 
 
-def update_norm(update: DeviceUpdate, key: Key) -> float:
+def linear_update_norm(update: DeviceUpdate, key: Key) -> float:
     """``||s B A||_F`` without forming the product: sqrt(trace((A A^T)(B^T B))) * s."""
     a = as_float(update.factors.A[key]).double()
     b = as_float(update.factors.B[key]).double()
@@ -30,7 +30,7 @@ class HetLoRA(FactorAverage):
     name = "hetlora"
 
     def weights(self, updates: list[DeviceUpdate], key: Key) -> list[float]:
-        return [update_norm(u, key) for u in updates]
+        return [linear_update_norm(u, key) for u in updates]
 
     @classmethod
     def weight_flops(cls, rank: int, d_out: int, d_in: int) -> float:
