@@ -55,10 +55,16 @@ class Plan:
     local_iters: int
     tau: int
     base_download: bool = False  # the device also downloads the (pruned) base model this round (its first)
+    down_rank: int | None = None  # rank of the adapter modules it downloads (FLoRA: stacked, may be 0); None: arm.r
 
     @property
     def rank(self) -> int:
         return self.arm.r
+
+    @property
+    def download_rank(self) -> int:
+        """The rank of the adapter modules the device downloads: ``down_rank``, else its own rank."""
+        return self.arm.r if self.down_rank is None else self.down_rank
 
 
 class Outcome(str, Enum):
@@ -123,6 +129,7 @@ class DeviceReport:
     loss_after: float  # mean local training loss over the last iterations of the round
     update_norm: float  # ||s * B @ A||_F summed over adapted layers
     n_samples: int  # local training examples (aggregation weight)
+    rank_after: int | None = None  # the rank of the uploaded update when the device shrank it (HetLoRA); None: arm.r
     update: Any = field(default=None, repr=False, compare=False)
 
 
@@ -147,6 +154,7 @@ class Observation:
     loss_before: float = float("nan")
     loss_after: float = float("nan")
     update_norm: float = float("nan")
+    rank_after: float = float("nan")  # the rank the device shrank its adapter to (HetLoRA self-pruning); nan: not reported
 
     @property
     def ok(self) -> bool:
@@ -201,20 +209,23 @@ class PlanBatch(RecordColumns):
 
     At 10^6 devices a round's plans cost as much to build as records as to simulate, so methods
     return them as arrays: ``p`` (float64), ``r`` (int64), ``sparsity_before``/``sparsity_after``
-    (float64, nominal), ``local_iters``/``tau`` (int64) and ``base_download`` (bool); a scalar is
-    spread over every device. Indexing and iterating give :class:`Plan` records (made on first such
+    (float64, nominal), ``local_iters``/``tau`` (int64), ``base_download`` (bool) and ``down_rank``
+    (int64 >= 0, the rank of the adapter modules downloaded, or None: each plan's ``r``, see
+    :attr:`download_rank`); a scalar is spread over every device. Indexing and iterating give :class:`Plan` records (made on first such
     access, then cached), so code written for ``list[Plan]`` reads a batch unchanged.
 
     Raises:
         ValueError: a column not aligned with ``device_ids``, or an arm outside the rules of
-            :class:`Arm` (p finite and >= 0, r a positive integer), naming the first such device.
+            :class:`Arm` (p finite and >= 0, r a positive integer), or a negative ``down_rank``, naming the
+            first such device.
     """
 
     __slots__ = ("round", "device_ids", "p", "r", "sparsity_before", "sparsity_after", "local_iters", "tau",
-                 "base_download", "_rows")
+                 "base_download", "down_rank", "_rows")
 
     def __init__(self, round: int, device_ids: Sequence[str], p: Any, r: Any, sparsity_before: Any,
-                 sparsity_after: Any, local_iters: Any, tau: Any, base_download: Any = False) -> None:
+                 sparsity_after: Any, local_iters: Any, tau: Any, base_download: Any = False,
+                 down_rank: Any = None) -> None:
         n = len(device_ids)
         self.round = int(round)
         self.device_ids = device_ids if isinstance(device_ids, list) else list(device_ids)
@@ -226,6 +237,11 @@ class PlanBatch(RecordColumns):
         self.local_iters = _column(local_iters, np.int64, n, "PlanBatch", "local_iters")
         self.tau = _column(tau, np.int64, n, "PlanBatch", "tau")
         self.base_download = _column(base_download, bool, n, "PlanBatch", "base_download")
+        self.down_rank = None if down_rank is None else _column(down_rank, np.int64, n, "PlanBatch", "down_rank")
+        if self.down_rank is not None and (self.down_rank < 0).any():
+            bad = np.flatnonzero(self.down_rank < 0)
+            raise ValueError(f"PlanBatch: device {self.device_ids[bad[0]]!r}: down_rank must be >= 0, "
+                             f"got {self.down_rank[bad[0]]!r}")
         bad = np.flatnonzero(~(np.isfinite(self.p) & (self.p >= 0)))
         if bad.size:
             raise ValueError(f"PlanBatch: device {self.device_ids[bad[0]]!r}: p must be a finite number >= 0, "
@@ -252,12 +268,18 @@ class PlanBatch(RecordColumns):
                 raise ValueError(f"PlanBatch.of: plans of rounds {round} and {bad[0].round} in one batch")
         return cls(round or 0, [p.device_id for p in plans], [p.arm.p for p in plans], [p.arm.r for p in plans],
                    [p.sparsity_before for p in plans], [p.sparsity_after for p in plans],
-                   [p.local_iters for p in plans], [p.tau for p in plans], [p.base_download for p in plans])
+                   [p.local_iters for p in plans], [p.tau for p in plans], [p.base_download for p in plans],
+                   [p.download_rank for p in plans] if any(p.down_rank is not None for p in plans) else None)
+
+    @property
+    def download_rank(self) -> np.ndarray:
+        """Per plan, the rank of the adapter modules the device downloads (int64): ``down_rank``, else ``r``."""
+        return self.r if self.down_rank is None else self.down_rank
 
     def with_columns(self, **columns: Any) -> "PlanBatch":
-        """A copy with some columns replaced (``r``, ``base_download``, ...)."""
+        """A copy with some columns replaced (``r``, ``base_download``, ...; ``down_rank`` None follows ``r``)."""
         values = {k: getattr(self, k) for k in ("p", "r", "sparsity_before", "sparsity_after", "local_iters", "tau",
-                                                 "base_download")}
+                                                 "base_download", "down_rank")}
         unknown = set(columns) - set(values)
         if unknown:
             raise ValueError(f"PlanBatch.with_columns: unknown column(s) {sorted(unknown)}")
@@ -266,11 +288,13 @@ class PlanBatch(RecordColumns):
 
     def _make_rows(self) -> list[Plan]:
         r = self.round
+        down = [None] * len(self) if self.down_rank is None else self.down_rank.tolist()
         return [
-            Plan(r, d, Arm(p, k), sb, sa, li, t, bd)
-            for d, p, k, sb, sa, li, t, bd in zip(
+            Plan(r, d, Arm(p, k), sb, sa, li, t, bd, dr)
+            for d, p, k, sb, sa, li, t, bd, dr in zip(
                 self.device_ids, self.p.tolist(), self.r.tolist(), self.sparsity_before.tolist(),
-                self.sparsity_after.tolist(), self.local_iters.tolist(), self.tau.tolist(), self.base_download.tolist())
+                self.sparsity_after.tolist(), self.local_iters.tolist(), self.tau.tolist(), self.base_download.tolist(),
+                down)
         ]
 
     def __len__(self) -> int:
@@ -278,7 +302,7 @@ class PlanBatch(RecordColumns):
 
     def __reduce__(self):
         return (PlanBatch, (self.round, self.device_ids, self.p, self.r, self.sparsity_before, self.sparsity_after,
-                            self.local_iters, self.tau, self.base_download))
+                            self.local_iters, self.tau, self.base_download, self.down_rank))
 
     def take(self, index: np.ndarray) -> "PlanBatch":
         """The plans at ``index`` (int positions or a bool mask), in that order."""
@@ -288,12 +312,13 @@ class PlanBatch(RecordColumns):
         ids = self.device_ids
         return PlanBatch(self.round, [ids[i] for i in index.tolist()], self.p[index], self.r[index],
                          self.sparsity_before[index], self.sparsity_after[index], self.local_iters[index],
-                         self.tau[index], self.base_download[index])
+                         self.tau[index], self.base_download[index],
+                         None if self.down_rank is None else self.down_rank[index])
 
 
 #: The float columns of an :class:`ObservationBatch` (NaN where not measured).
 OBSERVATION_FLOATS = ("completion_s", "round_mean_completion_s", "sparsity_before", "sparsity_after", "s_star",
-                      "loss_before", "loss_after", "update_norm")
+                      "loss_before", "loss_after", "update_norm", "rank_after")
 
 
 class ObservationBatch(RecordColumns):

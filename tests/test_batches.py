@@ -37,7 +37,7 @@ def test_a_plan_batch_refuses_what_an_arm_refuses(p, r, match):
 
 
 def test_an_observation_batch_reads_as_its_observations():
-    obs = [Observation(2, "a", Arm(0.1, 4), Outcome.OK, 10.0, 12.0, 0.0, 0.1, 0.5, 3.0, 2.5, 0.7),
+    obs = [Observation(2, "a", Arm(0.1, 4), Outcome.OK, 10.0, 12.0, 0.0, 0.1, 0.5, 3.0, 2.5, 0.7, 3.0),
            Observation(2, "b", Arm(0.0, 8), Outcome.LATE, math.nan, 12.0, 0.2, 0.2, 0.5)]
     batch = ObservationBatch.of(obs)
     assert batch[0] == obs[0] and batch[1].outcome is Outcome.LATE and batch[1].arm == Arm(0.0, 8)

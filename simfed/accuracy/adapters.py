@@ -15,6 +15,7 @@ whatever each device's rank.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,12 +87,18 @@ class LoRAFactors:
 
     ``A[(layer, module)]`` is ``[rank, d_in_kept]`` and ``B[(layer, module)]`` is
     ``[d_out_kept, rank]``; the applied update is ``scale * B @ A``.
+
+    ``base_delta`` (downlinks only; None for most methods): a dense update per linear, ``[d_out_kept,
+    d_in_kept]`` in the device's structure, that the device adds to its frozen weights before it attaches
+    the adapter, i.e. what a method that merges into the base (FLoRA) has merged so far. Its tensors may
+    be shared with the server's: read them, never write into them.
     """
 
     rank: int
     scale: float
     A: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
     B: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
+    base_delta: Mapping[tuple[int, str], torch.Tensor] | None = None
 
     def delta(self, key: tuple[int, str]) -> torch.Tensor:
         return self.scale * (self.B[key] @ self.A[key])

@@ -149,7 +149,8 @@ def build_training(cfg: Any, method: Any, device_ids: list[str], shared: dict) -
     clients = load_clients(cfg, device_ids, tokenizer, base.config.vocab_size)
     train_cfg = TrainConfig(batch_size=cfg.train.batch_size, seq_len=cfg.train.seq_len, lr=cfg.train.lr,
                             criterion=method.importance, seed=cfg.seed, device=cfg.train.device,
-                            dtype=cfg.train.dtype, lora_modules=modules, workers=cfg.train.workers)
+                            dtype=cfg.train.dtype, lora_modules=modules, workers=cfg.train.workers,
+                            **(method.train_options() if hasattr(method, "train_options") else {}))
     trainer = Trainer(base, clients, train_cfg)
     r_max = max(cfg.policy.r_max, cfg.policy.rank)
     aggregator = make_aggregator(method.aggregator, trainer.shape, r_max, RankScale(train_cfg.alpha), cfg.seed,

@@ -101,6 +101,24 @@ def slice_factors(full: LoRAFactors, shape: ModelShape, kept: Kept, rank: int, a
     return out
 
 
+def truncate_rank(factors: LoRAFactors, rank: int, alpha: float | None = None) -> LoRAFactors:
+    """The first ``rank`` components of ``factors`` (``A[:rank]``, ``B[:, :rank]``; same structure).
+
+    With ``alpha`` the new rank gets its own scale (:func:`lora_scale`) and ``B`` is rescaled so that
+    ``scale · B[:, :rank] @ A[:rank]`` is unchanged: the kept components' update, exactly. Raises
+    ``ValueError`` unless ``1 <= rank <= factors.rank``.
+    """
+    if not 1 <= rank <= factors.rank:
+        raise ValueError(f"cannot truncate rank-{factors.rank} factors to rank {rank}")
+    scale = factors.scale if alpha is None else lora_scale(rank, alpha)
+    ratio = factors.scale / scale
+    out = LoRAFactors(rank=rank, scale=scale)
+    for key, A in factors.A.items():
+        out.A[key] = A[:rank].clone()
+        out.B[key] = factors.B[key][:, :rank] * ratio if ratio != 1.0 else factors.B[key][:, :rank].clone()
+    return out
+
+
 def load_factors(model: Model, factors: LoRAFactors, modules: Sequence[str] = MODULES) -> list[nn.Parameter]:
     """Attach ``factors`` (copied) to the ``modules`` of every layer as trainable adapters; returns the LoRA
     parameters. The factors are copied to the model's device as float32 (master weights: under mixed
@@ -169,5 +187,6 @@ __all__ = [
     "read_factors",
     "remove_adapters",
     "slice_factors",
+    "truncate_rank",
     "update_norm",
 ]

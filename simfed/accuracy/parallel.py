@@ -8,8 +8,8 @@ a local step (docs/accuracy.md, "Performance of local training").
 How: each worker is a spawned process (not forked: the parent's OpenMP state is not fork-safe) that
 receives the frozen base model, the clients' data and the training settings once, and keeps its own
 :class:`~simfed.accuracy.train.Trainer`. For every device it trains, the parent sends the plan, the
-downloaded factors and the device's state (kept structure, importance EMA, generator state, step
-count); the worker rebuilds that device's model from the base (exactly the same weights: pruning
+downloaded factors and the device's state (:meth:`~simfed.accuracy.train.DeviceState.snapshot`: kept
+structure, importance EMA, generator state, step count, self-pruning tail norm); the worker rebuilds that device's model from the base (exactly the same weights: pruning
 only index-selects), runs the very same :meth:`Trainer.train_device`, and returns the report and the
 new state. The parent then applies the new state to its own copy of the device (and prunes its model
 the same way), so evaluation, one-shot pruning, revert and checkpoints work as in one process, and
@@ -45,21 +45,22 @@ def _same_kept(a: Any, b: Any) -> bool:
     )
 
 
-def _train_in_worker(plan: Any, factors: Any, kept: Any, ema: Any, gen_state: torch.Tensor, steps: int) -> tuple:
+def _train_in_worker(plan: Any, factors: Any, snapshot: tuple) -> tuple:
+    """One device's round from its state (``DeviceState.snapshot``); its report and its state after."""
     from simfed.accuracy.adapters import Kept
     from simfed.accuracy.prune import prune_model_to_kept
 
     tr = _TRAINER
     st = tr.state(plan.device_id)
+    kept = snapshot[0]
     if not _same_kept(st.kept, kept):  # rebuild the device's model at its current structure from the base
         model = tr.base.share_copy()
         prune_model_to_kept(model, Kept.full(tr.shape), kept)
         st.model = model
-    st.kept, st.ema, st.steps = kept, ema, steps
-    st.generator.set_state(gen_state)
+    st.restore(snapshot)
     report = tr.train_device(plan, factors)
     tr._before.pop(plan.device_id, None)  # revert is the parent's business
-    return report, st.kept.copy(), st.ema, st.generator.get_state(), st.steps
+    return report, st.snapshot()
 
 
 class WorkerPool:

@@ -35,6 +35,7 @@ Decisions recorded here:
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 import weakref
 from copy import deepcopy
@@ -56,7 +57,16 @@ from simfed.accuracy.device import (
     resolve_precision,
 )
 from simfed.accuracy.evaluate import Delta, EvalResult, evaluate_with_delta
-from simfed.accuracy.lora import DEFAULT_ALPHA, check_modules, load_factors, read_factors, remove_adapters, update_norm
+from simfed.accuracy.lora import (
+    DEFAULT_ALPHA,
+    adapted_linears,
+    check_modules,
+    load_factors,
+    read_factors,
+    remove_adapters,
+    truncate_rank,
+    update_norm,
+)
 from simfed.accuracy.model import Model
 from simfed.accuracy.prune import (
     NEEDS_LORA_GRAD,
@@ -89,6 +99,11 @@ class TrainConfig:
     dtype: str = "float32"  # float32 | bfloat16 | float16 (mixed precision; float16 with a loss scaler)
     lora_modules: tuple[str, ...] = MODULES  # the linears of every layer that carry LoRA
     workers: int = 1  # > 1: a round's devices trained in this many CPU processes (simfed.accuracy.parallel)
+    # HetLoRA's rank self-pruning (Cho et al., arXiv 2401.06432): the local loss adds
+    # self_prune_weight * sum over adapted linears of ||B[:, t:]||_F * ||A[t:, :]||_F, t = floor(self_prune_decay * r),
+    # and a device whose tail norm fell below its previous round's reports rank t (off: weight 0 or decay 1)
+    self_prune_decay: float = 1.0
+    self_prune_weight: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "seq_len", "loss_window", "calib_batches", "workers"):
@@ -96,6 +111,10 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if not 0.0 < self.self_prune_decay <= 1.0:
+            raise ValueError(f"TrainConfig.self_prune_decay must be in (0, 1], got {self.self_prune_decay}")
+        if not self.self_prune_weight >= 0.0:
+            raise ValueError(f"TrainConfig.self_prune_weight must be >= 0, got {self.self_prune_weight}")
         criterion(self.criterion)  # validates the name
         check_device_name(self.device)
         check_dtype_name(self.dtype)
@@ -113,6 +132,17 @@ class DeviceState:
     data: ClientData
     generator: torch.Generator
     steps: int = 0
+    tail_norm: float = math.inf  # HetLoRA self-pruning: the LoRA tail norm at the end of the device's last round (inf: none yet)
+
+    def snapshot(self) -> tuple:
+        """What a local round changes besides the model's weights, copied: ``(kept, ema, generator state, steps,
+        tail_norm)`` (the model is the base index-selected to ``kept``)."""
+        return self.kept.copy(), deepcopy(self.ema), self.generator.get_state(), self.steps, self.tail_norm
+
+    def restore(self, snapshot: tuple) -> None:
+        """Take back a :meth:`snapshot`'s values (the caller re-prunes the model when ``kept`` differs)."""
+        self.kept, self.ema, gen_state, self.steps, self.tail_norm = snapshot
+        self.generator.set_state(gen_state)
 
 
 def device_seed(seed: int, device_id: str) -> int:
@@ -189,7 +219,7 @@ class Trainer:
         for plan in plans:
             st = self.state(plan.device_id)
             self._check_plan(st, plan, factors[plan.device_id])
-            jobs.append((plan, factors[plan.device_id], st.kept.copy(), st.ema, st.generator.get_state(), st.steps))
+            jobs.append((plan, factors[plan.device_id], st.snapshot()))
         if self._workers is None:
             from simfed.accuracy.parallel import WorkerPool
 
@@ -197,13 +227,12 @@ class Trainer:
             weakref.finalize(self, self._workers.close)
         results = self._workers.train(jobs)
         reports = []
-        for plan, (report, kept, ema, gen_state, steps) in zip(plans, results):
+        for plan, (report, after) in zip(plans, results):
             st = self.state(plan.device_id)
-            self._before[plan.device_id] = (st.kept.copy(), deepcopy(st.ema), st.generator.get_state(), st.steps)
-            if kept.structure() != st.kept.structure():  # prune this process's copy the same way
-                prune_model_to_kept(st.model, st.kept, kept)
-            st.kept, st.ema, st.steps = kept, ema, steps
-            st.generator.set_state(gen_state)
+            self._before[plan.device_id] = st.snapshot()
+            if after[0].structure() != st.kept.structure():  # prune this process's copy the same way
+                prune_model_to_kept(st.model, st.kept, after[0])
+            st.restore(after)
             self.train_steps += plan.local_iters
             reports.append(report)
         self.train_wall_s += time.perf_counter() - t0
@@ -228,9 +257,56 @@ class Trainer:
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def train_device(self, plan: Plan, factors: LoRAFactors) -> DeviceReport:
-        """One device's local round (see the module docstring); the report's update is on the compute device."""
+        """One device's local round (see the module docstring); the report's update is on the compute device.
+        A downlink's ``base_delta`` (FLoRA's merged update) is in the device's frozen weights for the round only."""
         with deterministic(self.device):
-            return self._train_device(plan, factors)
+            take_out = self._add_base_delta(plan.device_id, factors.base_delta)
+            try:
+                return self._train_device(plan, factors)
+            finally:
+                take_out()
+
+    def _add_base_delta(self, device_id: str, delta: Mapping[tuple[int, str], torch.Tensor] | None) -> Callable[[], None]:
+        """Add ``delta`` (``LoRAFactors.base_delta``: per linear, in the device's structure) to the device's frozen
+        weights; returns the function that takes it out again.
+
+        The weights are replaced by new tensors, so the base the devices share is never written. Taking the
+        delta out leaves the device's model the base index-selected to its structure, exactly as before: the
+        original tensors are put back, or, when the round pruned the device, its model is rebuilt from the base
+        at its new structure (as :meth:`revert` does). Raises ``ValueError`` for a delta of another shape than
+        the weight or for a linear the model lacks.
+        """
+        if not delta:
+            return lambda: None
+        st = self.state(device_id)
+        linears = adapted_linears(st.model)
+        kept = st.kept.copy()
+        originals: dict[tuple[int, str], nn.Parameter] = {}
+        for key, d in delta.items():  # every shape checked before any weight is replaced
+            lin = linears.get(key)
+            if lin is None or tuple(d.shape) != tuple(lin.weight.shape):
+                want = "no such linear" if lin is None else f"its weight is {tuple(lin.weight.shape)}"
+                raise ValueError(f"device {device_id!r}: base_delta for layer {key[0]} module {key[1]!r} is "
+                                 f"{tuple(d.shape)}; {want}")
+        with torch.no_grad():
+            for key, d in delta.items():
+                lin = linears[key]
+                w = originals[key] = lin.weight
+                lin.weight = nn.Parameter((w.float() + d.to(device=w.device, dtype=torch.float32)).to(w.dtype),
+                                          requires_grad=False)
+
+        def take_out() -> None:
+            if kept.structure() == st.kept.structure() and all(
+                np.array_equal(a, b) for a, b in zip(kept.groups + kept.channels, st.kept.groups + st.kept.channels)
+            ):
+                for key, w in originals.items():
+                    linears[key].weight = w
+            else:
+                model = self.base.share_copy()
+                prune_model_to_kept(model, Kept.full(self.shape), st.kept)
+                st.model = model
+
+        return take_out
 
     def _check_plan(self, st: DeviceState, plan: Plan, factors: LoRAFactors) -> None:
         expected = structure_at(self.shape, plan.sparsity_before)
@@ -247,7 +323,7 @@ class Trainer:
         st = self.state(plan.device_id)
         self._check_plan(st, plan, factors)
         t0 = time.perf_counter()
-        self._before[plan.device_id] = (st.kept.copy(), deepcopy(st.ema), st.generator.get_state(), st.steps)
+        self._before[plan.device_id] = st.snapshot()
         sparsity_before = sparsity_of(self.shape, st.kept.structure())
         model = st.model
         model.train()
@@ -259,6 +335,8 @@ class Trainer:
         targets = iter(stage_targets(plan.sparsity_before, plan.sparsity_after, sum(s.prune_after for s in stages)))
         score_fn = criterion(cfg.criterion)
         losses = torch.empty(plan.local_iters, device=self.device)  # read once at the end: no sync per step
+        tail = self_prune_tail(plan.arm.r, cfg.self_prune_decay, cfg.self_prune_weight)
+        adapters = list(adapted_linears(model, self.modules).values()) if tail is not None else []
         it = 0
         for stage in stages:
             track = stage.prune_after and cfg.criterion in NEEDS_LORA_GRAD
@@ -266,14 +344,15 @@ class Trainer:
                 x, y = self._batch(st)
                 with self.precision.autocast():
                     _, loss = model(x, y)
+                objective = loss if tail is None else loss + cfg.self_prune_weight * tail_norm(adapters, tail)
                 opt.zero_grad(set_to_none=True)
                 if scaler is None:
-                    loss.backward()
+                    objective.backward()
                     if track:
                         st.ema.update(score_fn(model))
                     opt.step()
                 else:  # float16: scaled backward, unscaled gradients for the importance, skipped step on overflow
-                    scaler.scale(loss).backward()
+                    scaler.scale(objective).backward()
                     scaler.unscale_(opt)
                     if track and _finite_grads(opt):
                         st.ema.update(score_fn(model))
@@ -288,7 +367,16 @@ class Trainer:
                     st.kept = prune_step(model, st.kept, scores, target, st.ema, _optimizer_slicer(opt))
         k = min(cfg.loss_window, max(1, plan.local_iters // 2))
         losses = losses.cpu()
+        rank_after = plan.arm.r
+        if tail is not None:  # HetLoRA: the rank shrinks to the tail's start when the tail norm fell
+            with torch.no_grad():
+                norm = float(tail_norm(adapters, tail))
+            if norm < st.tail_norm < math.inf:  # the first round has no earlier norm to compare with
+                rank_after = tail
+            st.tail_norm = norm
         trained = read_factors(model)
+        if rank_after < trained.rank:
+            trained = truncate_rank(trained, rank_after, cfg.alpha)
         remove_adapters(model)
         st.steps += plan.local_iters
         self.train_steps += plan.local_iters
@@ -304,6 +392,7 @@ class Trainer:
             loss_after=float(losses[-k:].mean()),
             update_norm=update_norm(trained),
             n_samples=n,
+            rank_after=rank_after,
             update=DeviceUpdate(factors=trained, kept=st.kept.copy(), n_samples=n),
         )
 
@@ -312,7 +401,8 @@ class Trainer:
         its pruning, importance EMA and data position are undone, as if it had not trained)."""
         if device_id not in self._before:
             raise KeyError(f"device {device_id!r} has not trained: nothing to revert")
-        kept, ema, gen_state, steps = self._before.pop(device_id)
+        before = self._before.pop(device_id)
+        kept = before[0]
         st = self.state(device_id)
         if kept.structure() != st.kept.structure() or any(
             not np.array_equal(a, b) for a, b in zip(kept.groups + kept.channels, st.kept.groups + st.kept.channels)
@@ -320,8 +410,60 @@ class Trainer:
             model = self.base.share_copy()
             prune_model_to_kept(model, Kept.full(self.shape), kept)
             st.model = model
-        st.kept, st.ema, st.steps = kept, ema, steps
-        st.generator.set_state(gen_state)
+        st.restore(before)
+
+    # ----------------------------------------------------------------- checkpoint state
+    def state_dict(self) -> dict[str, Any]:
+        """What local training has changed, as plain data (for a checkpoint between rounds).
+
+        ``{"devices": {device_id: {"kept": {"groups": [int arrays per layer], "channels": [...]}, "ema": {"beta",
+        "updates", "scores": None or [(group scores, channel scores) float32 CPU tensors per layer]}, "generator":
+        uint8 tensor (torch.Generator state), "steps": int, "tail_norm": float}}, "train_steps": int,
+        "train_wall_s": float}`` for every device that has state. The frozen base model and the clients' data
+        are not in it: they are rebuilt deterministically, and a device's model between rounds is the base
+        index-selected to its kept structure (its adapters are detached after every round).
+        """
+        devices = {}
+        for device_id, st in self._states.items():
+            scores = st.ema.scores
+            devices[device_id] = {
+                "kept": {"groups": [np.array(g) for g in st.kept.groups],
+                         "channels": [np.array(c) for c in st.kept.channels]},
+                "ema": {"beta": float(st.ema.beta), "updates": int(st.ema.updates),
+                        "scores": None if scores is None else [(g.detach().cpu().clone(), c.detach().cpu().clone())
+                                                               for g, c in scores]},
+                "generator": st.generator.get_state(),
+                "steps": int(st.steps),
+                "tail_norm": float(st.tail_norm),
+            }
+        return {"devices": devices, "train_steps": int(self.train_steps), "train_wall_s": float(self.train_wall_s)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take back a :meth:`state_dict` (on a trainer built with the same base, clients and config): each device's
+        model is rebuilt as the base index-selected to its kept structure. Raises ``KeyError`` for a device
+        without client data and ``ValueError`` for a structure the model cannot have."""
+        for device_id, saved in state["devices"].items():
+            st = self.state(device_id)
+            kept = Kept([np.array(g) for g in saved["kept"]["groups"]], [np.array(c) for c in saved["kept"]["channels"]])
+            if len(kept.groups) != self.shape.n_layers or len(kept.channels) != self.shape.n_layers:
+                raise ValueError(f"Trainer.load_state_dict: device {device_id!r} has a structure of {len(kept.groups)} "
+                                 f"layers, the model has {self.shape.n_layers}")
+            if kept.structure() != st.kept.structure() or any(
+                not np.array_equal(a, b) for a, b in zip(kept.groups + kept.channels, st.kept.groups + st.kept.channels)
+            ):
+                model = self.base.share_copy()
+                prune_model_to_kept(model, Kept.full(self.shape), kept)
+                st.model = model
+            ema = ImportanceEMA(saved["ema"]["beta"])
+            ema.updates = int(saved["ema"]["updates"])
+            scores = saved["ema"]["scores"]
+            if scores is not None:
+                ema.scores = [(g.to(self.device, copy=True), c.to(self.device, copy=True)) for g, c in scores]
+            st.kept, st.ema, st.steps, st.tail_norm = kept, ema, int(saved["steps"]), float(saved["tail_norm"])
+            st.generator.set_state(saved["generator"])
+        self.train_steps = int(state["train_steps"])
+        self.train_wall_s = float(state["train_wall_s"])
+        self._before.clear()
 
     def _scores_for_pruning(self, st: DeviceState) -> list[LayerScores]:
         if self.config.criterion in NEEDS_LORA_GRAD and st.ema.scores is not None:
@@ -404,6 +546,22 @@ class Trainer:
                 with self.precision.autocast():
                     out[d] = evaluate_with_delta(st.model, st.data.test, self.config.seq_len, delta)
         return out
+
+
+def self_prune_tail(rank: int, decay: float, weight: float) -> int | None:
+    """Where HetLoRA's pruned tail of a rank-``rank`` adapter starts, ``floor(decay * rank)``; None when
+    self-pruning is off (``weight`` 0, ``decay`` 1) or would leave no component (rank 1)."""
+    if weight <= 0.0 or decay >= 1.0:
+        return None
+    start = math.floor(decay * rank)
+    return start if 1 <= start < rank else None
+
+
+def tail_norm(linears: Iterable[nn.Module], start: int) -> torch.Tensor:
+    """HetLoRA's self-pruning regulariser: Σ over adapted linears of ``‖B[:, start:]‖_F · ‖A[start:, :]‖_F``
+    (Cho et al., arXiv 2401.06432, the norm of the components a rank cut at ``start`` would drop)."""
+    return sum(torch.linalg.matrix_norm(lin.lora_B[:, start:]) * torch.linalg.matrix_norm(lin.lora_A[start:, :])
+               for lin in linears)
 
 
 def _finite_grads(opt: torch.optim.Optimizer) -> bool:

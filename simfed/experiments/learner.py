@@ -2,16 +2,12 @@
 trainer, an aggregator and the evaluation (DESIGN §1 step 4; FedSpine evaluates the global LoRA on
 each device's own pruned model, arXiv 2501.02438).
 
-It also gives the checkpoint a compact, picklable form of the trainer: the frozen base model and
-the clients' data are rebuilt deterministically on resume, so they are referenced, not copied,
-into every round's checkpoint (:func:`dumps_state` / :func:`loads_state`).
+Its checkpoint state is the trainer's and the aggregator's ``state_dict()``, plain data: the frozen base
+model and the clients' data are rebuilt deterministically on resume, so no checkpoint holds them.
 """
 
 from __future__ import annotations
 
-import copyreg
-import io
-import pickle
 from typing import Any, Mapping
 
 import torch
@@ -80,82 +76,11 @@ class FullLearner:
     def finalize(self, device_id: str, s_star: float) -> None:
         self.trainer.finalize(device_id, s_star)
 
+    def state_dict(self) -> dict[str, Any]:
+        """``{"trainer": Trainer.state_dict(), "aggregator": Aggregator.state_dict()}``: plain data."""
+        return {"trainer": self.trainer.state_dict(), "aggregator": self.aggregator.state_dict()}
 
-# ------------------------------------------------------------------------------------ checkpoints
-
-
-def _rebuild_generator(state: torch.Tensor) -> torch.Generator:
-    g = torch.Generator()
-    g.set_state(state)
-    return g
-
-
-def _reduce_generator(g: torch.Generator):
-    return _rebuild_generator, (g.get_state(),)
-
-
-def _rebuild_device_state(base: Any, device_id: str, kept: Any, ema: Any, data: Any, generator: Any, steps: int) -> Any:
-    """A device's state with its model rebuilt as the frozen base index-selected to ``kept``.
-
-    Exact: between rounds a device model is the base with whole groups and channels removed (its
-    LoRA adapters are detached after every round), so storing the kept indices is enough.
-    """
-    from copy import deepcopy
-
-    from simfed.accuracy.adapters import Kept
-    from simfed.accuracy.prune import prune_model_to_kept
-    from simfed.accuracy.train import DeviceState
-
-    model = deepcopy(base)
-    model.freeze_base()
-    prune_model_to_kept(model, Kept.full(base.config.shape()), kept)
-    return DeviceState(device_id, model, kept, ema, data, generator, steps)
-
-
-class _Pickler(pickle.Pickler):
-    """Pickles torch generators by state, device models as their kept indices, and refers to the
-    shared read-only objects (base model, client data) by name."""
-
-    def __init__(self, fh, shared: dict[str, Any]):
-        super().__init__(fh, protocol=pickle.HIGHEST_PROTOCOL)
-        self.dispatch_table = copyreg.dispatch_table.copy()
-        self.dispatch_table[torch.Generator] = _reduce_generator
-        self._shared = {id(obj): name for name, obj in shared.items()}
-        self._base = shared.get("base")
-
-    def persistent_id(self, obj: Any) -> str | None:
-        return self._shared.get(id(obj))
-
-    def reducer_override(self, obj: Any) -> Any:
-        from simfed.accuracy.train import DeviceState
-
-        if self._base is not None and type(obj) is DeviceState and not _has_adapters(obj.model):
-            return _rebuild_device_state, (self._base, obj.device_id, obj.kept, obj.ema, obj.data, obj.generator, obj.steps)
-        return NotImplemented
-
-
-def _has_adapters(model: Any) -> bool:
-    return any("lora_" in name for name, _ in model.named_parameters())
-
-
-class _Unpickler(pickle.Unpickler):
-    def __init__(self, fh, shared: dict[str, Any]):
-        super().__init__(fh)
-        self._shared = shared
-
-    def persistent_load(self, pid: str) -> Any:
-        try:
-            return self._shared[pid]
-        except KeyError:
-            raise pickle.UnpicklingError(f"checkpoint refers to {pid!r}, which this run did not rebuild") from None
-
-
-def dumps_state(state: Any, shared: dict[str, Any]) -> bytes:
-    """Pickle ``state``; objects in ``shared`` (base model, client data) are stored as references."""
-    buf = io.BytesIO()
-    _Pickler(buf, shared).dump(state)
-    return buf.getvalue()
-
-
-def loads_state(data: bytes, shared: dict[str, Any]) -> Any:
-    return _Unpickler(io.BytesIO(data), shared).load()
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take back a :meth:`state_dict` (on a learner built from the same configuration)."""
+        self.trainer.load_state_dict(state["trainer"])
+        self.aggregator.load_state_dict(state["aggregator"])

@@ -227,7 +227,7 @@ _NAN = float("nan")
 #: The timing columns the loop reads, per device (``outcome``: int8 codes into OUTCOMES).
 _TIMING_COLUMNS = ("outcome", "start_s", "ready_s", "download_end_s", "compute_end_s", "upload_end_s", "end_s",
                    "compute_flops", "down_bytes", "up_bytes", "memory_bytes")
-_REPORT_COLUMNS = ("loss_before", "loss_after", "update_norm", "n_samples", "sparsity_after")
+_REPORT_COLUMNS = ("loss_before", "loss_after", "update_norm", "n_samples", "sparsity_after", "rank_after")
 _OUTCOME_TEXT = pa.array([o.value for o in OUTCOMES], type=pa.string())
 
 
@@ -446,7 +446,8 @@ class ServerLoop:
             for d, rep in self._reports.items():
                 k = at[d]
                 for name in _REPORT_COLUMNS:
-                    out[name][k] = getattr(rep, name)
+                    value = getattr(rep, name)
+                    out[name][k] = rep.arm.r if value is None else value  # rank_after None: unchanged
         return out
 
     def round_done(self, round: int, timings: Sequence[DeviceTiming], timing: RoundTiming) -> bool:
@@ -467,6 +468,7 @@ class ServerLoop:
             sparsity_before=plans.sparsity_before,
             sparsity_after=np.where(ok, plans.sparsity_after, plans.sparsity_before), s_star=self.s_star,
             loss_before=reports["loss_before"], loss_after=reports["loss_after"], update_norm=reports["update_norm"],
+            rank_after=reports["rank_after"],
         )
         rewards = self._reward_array(self.method.rewards(observations), observations)
         self.method.learn(round, observations, rewards)
@@ -534,7 +536,9 @@ class ServerLoop:
             "completion_s": completion, "wait_s": wait,
             **{name: cols[name] for name in ("compute_flops", "down_bytes", "up_bytes", "memory_bytes")},
             "loss_before": reports["loss_before"], "loss_after": reports["loss_after"],
-            "update_norm": reports["update_norm"], "n_samples": reports["n_samples"], "reward": rewards,
+            "update_norm": reports["update_norm"], "n_samples": reports["n_samples"],
+            "rank_after": np.where(np.isnan(reports["rank_after"]), plans.r, reports["rank_after"]).astype(np.int64),
+            "reward": rewards,
         }
         for name, values in columns.items():
             if isinstance(values, np.ndarray) and name != "round":

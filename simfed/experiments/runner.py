@@ -5,8 +5,8 @@ the method's policy for decisions, the trainer for accuracy in full mode), hands
 engine with the :class:`~simfed.experiments.loop.ServerLoop` as its round driver, and writes the run
 directory (:mod:`simfed.experiments.outputs`).
 
-Resume: after every round the loop's state, the policy and the trainer's state are pickled into
-``checkpoint.pkl`` (atomically). A restarted run with the same resolved config loads it and asks
+Resume: after every round the ``state_dict()`` of the loop, the method (its policy), the trainer and the
+aggregator, plain data, are pickled into ``checkpoint.pkl`` (atomically). A restarted run with the same resolved config loads it and asks
 the engine to simulate from round 1 again; for the rounds already done the loop replays the
 recorded plans and checks that the engine reproduces the recorded timeline, but trains nothing and
 asks the policy nothing, so training and decisions continue exactly where they stopped. The timing
@@ -212,32 +212,26 @@ class Session:
         """After a round: append its plans and rows to the journal, then replace the checkpoint.
 
         The checkpoint holds what changes in place (sparsities, the policy, the trainer's device
-        state, the aggregator) and the journal length it matches; rows are only ever appended.
+        state, the aggregator) and the journal length it matches; rows are only ever appended. It is
+        built from the objects' ``state_dict()``s, plain data (dicts, lists, numbers, arrays, tensors),
+        pickled: no simfed accuracy-layer object is in it, and nothing of the base model or the data.
         """
         import pickle
 
-        from simfed.experiments.learner import dumps_state
-
         fast = pickle.HIGHEST_PROTOCOL
         length = self.rd.append_journal(pickle.dumps(loop.state.last_round(), protocol=fast))
-        # the C pickler for plain state; the referencing pickler only where shared objects hide inside
-        # (the oracle's trace predictor, the trainer's base model and data), since it is far slower
-        plain = {"loop": loop.state.state_dict(), "method": loop.method.state_dict()}
-        linked = {}
+        state = {"loop": loop.state.state_dict(), "method": loop.method.state_dict()}
         if loop.learner is not None:
-            linked["trainer"] = loop.learner.trainer
-            linked["aggregator"] = loop.learner.aggregator
+            state["learner"] = loop.learner.state_dict()
         checkpoint = {"config": self.text, "rounds_done": loop.state.rounds_done, "journal_bytes": length,
-                      "plain": pickle.dumps(plain, protocol=fast), "linked": dumps_state(linked, self.shared)}
-        self.rd.save_checkpoint(pickle.dumps(checkpoint, protocol=pickle.HIGHEST_PROTOCOL))
+                      "state": state}
+        self.rd.save_checkpoint(pickle.dumps(checkpoint, protocol=fast))
         if self._bar is not None:
             self._bar.update(1)
 
     def _restore(self) -> tuple[LoopState, dict] | None:
         """The loop state and the stateful objects of the last checkpoint (None: start afresh)."""
         import pickle
-
-        from simfed.experiments.learner import loads_state
 
         if not self.rd.has_checkpoint():
             if self.rd.file("journal.bin").exists():  # rows of a run killed before its first checkpoint
@@ -246,7 +240,7 @@ class Session:
         checkpoint = pickle.loads(self.rd.load_checkpoint())
         if checkpoint.get("config") != self.text:
             raise RunError(f"{self.rd.path}: the checkpoint belongs to another config; use --fresh to discard it")
-        state = {**pickle.loads(checkpoint["plain"]), **loads_state(checkpoint["linked"], self.shared)}
+        state = checkpoint["state"]
         loop_state = LoopState.from_state_dict(state["loop"])
         for record in self.rd.read_journal(checkpoint["journal_bytes"]):
             loop_state.add_round(*pickle.loads(record))
@@ -280,7 +274,6 @@ class Session:
         device_ids = sorted(d.device_id for d in population.devices)
         types = {d.device_id: d.device_type for d in population.devices}
         predictor = TracePredictor(population, cost, cfg.s_star, cfg.train.local_iters, cfg.train.tau)
-        self.shared.update({"population": population, "predictor": predictor, "cost": cost})
         method = resolve_method(cfg, population, predictor)
         learner = self._learner(method, device_ids) if cfg.mode == "full" else None
         state = None
@@ -289,7 +282,7 @@ class Session:
             state, objects = restored
             method.load_state_dict(objects["method"])
             if learner is not None:
-                learner.trainer, learner.aggregator = objects["trainer"], objects["aggregator"]
+                learner.load_state_dict(objects["learner"])
             self.resumed_from = state.rounds_done
         check_settings(cfg, population)
         loop = ServerLoop(

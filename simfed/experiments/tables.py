@@ -19,8 +19,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-#: Version of the run-directory tables; 2: server phases, failures, nominal and measured sparsity.
-SCHEMA_VERSION = 2
+#: Version of the run-directory tables; 2: server phases, failures, nominal and measured sparsity;
+#: 3: ``rank_after`` (the rank a device's update was sent at).
+SCHEMA_VERSION = 3
 
 
 @dataclass
@@ -88,6 +89,7 @@ class DeviceRoundRow:
     loss_after: float
     update_norm: float
     n_samples: int
+    rank_after: int  # the rank of the update the device sent (below r when it self-pruned: HetLoRA); r otherwise
     reward: float
 
 

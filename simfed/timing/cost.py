@@ -422,10 +422,11 @@ class CostModel:
         return float(math.ceil(sh.n_layers * (sh.n_kv_heads + sh.d_ff) / 8))
 
     def download_bytes(self, plan: Plan) -> float:
-        """Global LoRA factors sliced to the device's round-start structure and its rank, plus the base
+        """Global LoRA factors sliced to the device's round-start structure and its download rank
+        (:attr:`~simfed.records.Plan.download_rank`: its own rank, or e.g. FLoRA's stacked rank), plus the base
         model's weights at that structure when the plan includes the first download of the base model."""
         st = structure_at(self.shape, plan.sparsity_before)
-        lora = self.adapter_bytes(st, plan.rank)
+        lora = self.adapter_bytes(st, plan.download_rank)
         return lora + (self.base_model_bytes(plan.sparsity_before) if plan.base_download else 0.0)
 
     def adapter_bytes(self, structure: Structure, rank: int) -> float:
@@ -554,8 +555,9 @@ class CostModel:
 
     # ------------------------------------------------------------------ plans
     def plan_cost(self, plan: Plan) -> PlanCost:
-        """All costs of a plan, cached per distinct (sparsities, iterations, tau, rank, base download)."""
-        key = (plan.sparsity_before, plan.sparsity_after, plan.local_iters, plan.tau, plan.rank, plan.base_download)
+        """All costs of a plan, cached per distinct (sparsities, iterations, tau, rank, base download, download rank)."""
+        key = (plan.sparsity_before, plan.sparsity_after, plan.local_iters, plan.tau, plan.rank, plan.base_download,
+               plan.download_rank)
         hit = self._plan_cache.get(key)
         if hit is None:
             hit = PlanCost(

@@ -507,7 +507,7 @@ def plan_cost_columns(cost: "Any", plans: "PlanBatch") -> tuple[np.ndarray, np.n
     """``(flops, down_bytes, up_bytes, memory_bytes)`` arrays of a round's plans.
 
     A cost model whose ``costs_by_shape`` is true (:class:`~simfed.timing.cost.CostModel`: a plan's cost
-    depends on its sparsities, iterations, tau, rank and base download, never on the device, whose speed
+    depends on its sparsities, iterations, tau, rank, base download and download rank, never on the device, whose speed
     is in its traces) is asked once per distinct plan shape, for one representative
     :class:`~simfed.records.Plan`; any other is asked for every plan.
     """
@@ -519,14 +519,16 @@ def plan_cost_columns(cost: "Any", plans: "PlanBatch") -> tuple[np.ndarray, np.n
                          dtype=float)
         return table[:, 0], table[:, 1], table[:, 2], table[:, 3]
     shape = np.stack([plans.sparsity_before, plans.sparsity_after, plans.local_iters.astype(float),
-                      plans.tau.astype(float), plans.r.astype(float), plans.base_download.astype(float)], axis=1)
+                      plans.tau.astype(float), plans.r.astype(float), plans.base_download.astype(float),
+                      plans.download_rank.astype(float)], axis=1)
     _, first, inverse = np.unique(shape, axis=0, return_index=True, return_inverse=True)
     ids, r = plans.device_ids, plans.round
     table = np.array([
         (c.flops, c.down_bytes, c.up_bytes, c.memory_bytes)
         for c in (cost.plan_cost(Plan(r, ids[i], Arm(float(plans.p[i]), int(plans.r[i])), float(plans.sparsity_before[i]),
                                       float(plans.sparsity_after[i]), int(plans.local_iters[i]), int(plans.tau[i]),
-                                      bool(plans.base_download[i])))
+                                      bool(plans.base_download[i]),
+                                      None if plans.down_rank is None else int(plans.down_rank[i])))
                   for i in first.tolist())
     ], dtype=float)
     per = table[inverse.reshape(-1)]

@@ -72,7 +72,8 @@ def make(name: str, seed: int = 0):
 @pytest.mark.parametrize("name", sorted(AGGREGATORS))
 @pytest.mark.parametrize("kept", [FULL, HALF], ids=["full", "pruned"])
 def test_identical_updates_aggregate_to_themselves(name, kept):
-    """Averaging copies of one update gives that update back, in delta and in the downlink factors."""
+    """Averaging copies of one update gives that update back, in delta and in what the downlink applies
+    (flora: merged into the base, ``base_delta``, with a fresh adapter whose B is 0)."""
     agg = make(name)
     one = random_update(2, kept, 5, seed=1)
     twin = DeviceUpdate(one.factors, kept.copy(), n_samples=9)
@@ -81,8 +82,9 @@ def test_identical_updates_aggregate_to_themselves(name, kept):
     down = agg.factors_for(2, kept)
     for key in agg.keys():
         torch.testing.assert_close(deltas[key], one.factors.delta(key), atol=ATOL, rtol=1e-5)
-        torch.testing.assert_close(down.delta(key), one.factors.delta(key), atol=ATOL, rtol=1e-5)
-    if name != "flexlora":  # factor methods hand the factors themselves back
+        applied = down.delta(key) + (down.base_delta[key] if down.base_delta is not None else 0)
+        torch.testing.assert_close(applied, one.factors.delta(key), atol=ATOL, rtol=1e-5)
+    if name not in ("flexlora", "flora"):  # factor methods hand the factors themselves back
         for key in agg.keys():
             torch.testing.assert_close(down.A[key], one.factors.A[key], atol=ATOL, rtol=1e-5)
             torch.testing.assert_close(down.B[key], one.factors.B[key], atol=ATOL, rtol=1e-5)

@@ -74,7 +74,7 @@ def test_every_documented_table_is_collected():
     # a guard against an empty parametrisation: the tables really are there
     assert len(CONFIG_KEYS) > 40 and len(GENERATOR_KEYS) >= 18 and len(IMPORTER_KEYS) >= 28
     assert {"discount", "nu", "rho", "xi", "slack"} <= {k for _, k in METHOD_POLICY_KEYS}
-    assert {"rounds_to_target", "ranks_by_type", "n_p"} == {k for _, k in METHOD_PARAM_KEYS}
+    assert {"rounds_to_target", "ranks_by_type", "self_prune_decay", "self_prune_weight", "n_p"} == {k for _, k in METHOD_PARAM_KEYS}
 
 
 @SETTINGS

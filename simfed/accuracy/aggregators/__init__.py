@@ -24,6 +24,7 @@ from simfed.accuracy.aggregators.base import (
 )
 from simfed.accuracy.aggregators.fedavg import FedAvgLoRA
 from simfed.accuracy.aggregators.flexlora import FlexLoRA
+from simfed.accuracy.aggregators.flora import FLoRA
 from simfed.accuracy.aggregators.hetlora import HetLoRA
 from simfed.structure import ModelShape
 
@@ -31,6 +32,7 @@ AGGREGATORS: dict[str, type[Aggregator]] = {
     "flexlora": FlexLoRA,  # default for FedSpine
     "hetlora": HetLoRA,
     "fedavg": FedAvgLoRA,
+    "flora": FLoRA,
 }
 
 DEFAULT_AGGREGATOR = "flexlora"
@@ -76,6 +78,7 @@ __all__ = [
     "Aggregator",
     "FedAvgLoRA",
     "FlexLoRA",
+    "FLoRA",
     "HetLoRA",
     "Key",
     "ScaleRule",

@@ -22,9 +22,10 @@ aggregator works on the update a device actually applied.
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
-from typing import Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -112,6 +113,10 @@ class Aggregator(ABC):
     """
 
     name: ClassVar[str] = ""
+    #: What aggregation changes, besides ``rounds``: the attributes :meth:`state_dict` saves (a checkpoint).
+    state_attrs: ClassVar[tuple[str, ...]] = ()
+    #: Attributes rebuilt when needed (caches): neither saved nor restored.
+    transient_attrs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -185,6 +190,42 @@ class Aggregator(ABC):
     def singular_values(self) -> dict[Key, torch.Tensor]:
         """Singular values (descending) of the full global ``delta_W`` of every adapted linear."""
 
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """What aggregation has changed, as plain data: ``rounds`` and every attribute in :attr:`state_attrs`
+        (tensors copied to the CPU; dicts, lists, tuples, numbers and arrays copied as they are).
+
+        What the constructor builds from its arguments (shapes, the seed, the round-0 init) is not saved: an
+        aggregator built with the same arguments and given this state continues exactly.
+
+        Raises:
+            ValueError: the aggregator holds an attribute that is neither built by :class:`Aggregator` nor
+                declared in ``state_attrs`` or ``transient_attrs`` (it would be silently lost on resume).
+        """
+        undeclared = sorted(set(vars(self)) - _BUILT_ATTRS - set(self.state_attrs) - set(self.transient_attrs))
+        if undeclared:
+            raise ValueError(f"aggregator {self.name or type(self).__name__}: attribute(s) {undeclared} are in neither "
+                             "state_attrs (checkpointed) nor transient_attrs (rebuilt when needed); declare them")
+        out: dict[str, Any] = {"rounds": self.rounds}
+        for attr in self.state_attrs:
+            out[attr] = _copied(getattr(self, attr), torch.device("cpu"))
+        return out
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take back a :meth:`state_dict` (on an aggregator built with the same arguments).
+
+        Raises:
+            ValueError: a missing entry, or one whose keys or tensor shapes differ from this aggregator's.
+        """
+        missing = [k for k in ("rounds", *self.state_attrs) if k not in state]
+        if missing:
+            raise ValueError(f"{self.name}.load_state_dict: the state lacks {missing}")
+        for attr in self.state_attrs:
+            _check_like(getattr(self, attr), state[attr], f"{self.name}.load_state_dict: {attr}")
+        for attr in self.state_attrs:
+            setattr(self, attr, _copied(state[attr], self.device))
+        self.rounds = int(state["rounds"])
+
     # ------------------------------------------------------------------ for subclasses
     @abstractmethod
     def _downlink(self, rank: int, kept: Kept, scale: float) -> LoRAFactors: ...
@@ -208,7 +249,11 @@ class Aggregator(ABC):
         That is ``kaiming_uniform_(a=sqrt(5))``, LoRA's and PEFT's default for A. Drawn from one
         generator in :meth:`keys` order so it depends only on the seed and the shapes.
         """
-        gen = torch.Generator().manual_seed(self.seed)
+        return self._draw_A(self.seed)
+
+    def _draw_A(self, seed: int) -> dict[Key, torch.Tensor]:
+        """The round-0 init's draw (:meth:`_round0_init`) from a generator seeded with ``seed``."""
+        gen = torch.Generator().manual_seed(seed)
         out: dict[Key, torch.Tensor] = {}
         for key in self.keys():
             _, d_in = module_dims(self.shape, key[1])
@@ -271,6 +316,42 @@ class Aggregator(ABC):
                     f"{self.name}.{where}: {key} has A {tuple(f.A[key].shape)} and B {tuple(f.B[key].shape)}; "
                     f"its rank and structure need A {want_a} and B {want_b}"
                 )
+
+
+# what Aggregator.__init__ builds from its arguments (never checkpointed)
+_BUILT_ATTRS = frozenset({"shape", "r_max", "scale_rule", "seed", "modules", "rounds", "device", "init_A"})
+
+
+def _copied(value: Any, device: torch.device) -> Any:
+    """A deep copy of plain data with every tensor copied onto ``device``."""
+    if torch.is_tensor(value):
+        return value.detach().to(device=device, copy=True)
+    if isinstance(value, dict):
+        return {k: _copied(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copied(v, device) for v in value)
+    return copy.deepcopy(value)
+
+
+def _check_like(current: Any, loaded: Any, where: str) -> None:
+    """``loaded`` has the keys, lengths and tensor shapes of ``current`` (ValueError naming the first difference)."""
+    if torch.is_tensor(current):
+        if not torch.is_tensor(loaded) or tuple(loaded.shape) != tuple(current.shape):
+            got = tuple(loaded.shape) if torch.is_tensor(loaded) else type(loaded).__name__
+            raise ValueError(f"{where}: expected a tensor of shape {tuple(current.shape)}, got {got}")
+    elif isinstance(current, dict):
+        if not isinstance(loaded, dict) or set(loaded) != set(current):
+            raise ValueError(f"{where}: expected the keys {sorted(current)[:4]}..., got "
+                             f"{sorted(loaded)[:4] if isinstance(loaded, dict) else type(loaded).__name__}")
+        for k in current:
+            _check_like(current[k], loaded[k], f"{where}[{k!r}]")
+    elif isinstance(current, tuple) and len(current) and torch.is_tensor(current[0]):
+        if not isinstance(loaded, (tuple, list)) or len(loaded) != len(current):
+            raise ValueError(f"{where}: expected {len(current)} tensors")
+        # compact factorisations (FlexLoRA's SVD) change their inner size: check the outer dims only
+        for i, (c, l) in enumerate(zip(current, loaded)):
+            if not torch.is_tensor(l) or l.dim() != c.dim():
+                raise ValueError(f"{where}[{i}]: expected a {c.dim()}-d tensor")
 
 
 def as_float(t: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,8 @@ from simfed.accuracy.aggregators.base import DTYPE, Aggregator, Key, as_float, r
 class FactorAverage(Aggregator):
     """Shared machinery; subclasses define :meth:`weights` (and may check the uploads' ranks)."""
 
+    state_attrs = ("A", "Bs")
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.A: dict[Key, torch.Tensor] = {key: a.clone() for key, a in self.init_A.items()}

@@ -35,6 +35,8 @@ from simfed.accuracy.aggregators.base import DTYPE, Aggregator, Key, as_float, q
 
 class FlexLoRA(Aggregator):
     name = "flexlora"
+    state_attrs = ("svd",)
+    transient_attrs = ("_svd_cache",)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -66,6 +68,10 @@ class FlexLoRA(Aggregator):
                 mk, nk = dims[j]
                 total += count * compact_svd_flops(mk, nk, r_global)
         return total
+
+    def load_state_dict(self, state) -> None:
+        super().load_state_dict(state)
+        self._svd_cache.clear()
 
     def global_delta(self, key: Key) -> torch.Tensor:
         """The dense global update of one linear in full-model coordinates."""

@@ -6,6 +6,7 @@ file, is named by import path (``module:Class``) wherever a registered name is a
 |-----------------------|-----------|------------|------------|------------------------------------------------|
 | fedspine              | iterative | lora-grad  | flexlora   | S-UCB on (p, r) per device (Yao et al. 2025)  |
 | hetlora               | none      | lora-grad  | hetlora    | static rank by device type (Cho et al. 2024)   |
+| flora                 | none      | lora-grad  | flora      | static rank by type; stacking merged into base |
 | prune-then-tune       | oneshot   | taylor     | fedavg     | p = 0 during FL, one rank (LLM-Pruner + FedIT) |
 | uniform               | iterative | lora-grad  | flexlora   | the same p = s*/rounds_to_target and one rank  |
 | fedmp                 | iterative | lora-grad  | flexlora   | discounted UCB on p only, fixed rank (FedMP)   |
@@ -18,7 +19,7 @@ The τ ablation is not a method: τ (local iterations between pruning steps) is 
 
 Method parameters (``policy.method_params``) are declared per method (:attr:`Method.params`, with types, ranges
 and defaults): ``rank`` (one-rank methods; a run sets it from ``policy.rank``), ``s_star`` (from ``s_star``),
-``rounds_to_target`` (uniform, fixed-ratio: p = s*/rounds_to_target, default 10), ``ranks_by_type`` (hetlora),
+``rounds_to_target`` (uniform, fixed-ratio: p = s*/rounds_to_target, default 10), ``ranks_by_type`` (hetlora, flora),
 ``n_p`` (fedmp's number of pruning increments, default 5). ``policy.params`` holds the user's options of the
 method's policy (e.g. S-UCB's ``discount`` γ, ``nu`` ν, ``rho`` ρ): :meth:`Method.policy_options` says which.
 """
@@ -32,6 +33,7 @@ from simfed.decisions.arms import ArmSpace
 from simfed.decisions.methods.base import PRUNE_MODES, Method, MethodContext, TracePredictor
 from simfed.decisions.methods.fedmp import FedMP
 from simfed.decisions.methods.fedspine import FedSpine, FedSpineFixedRank, FedSpineFixedRatio
+from simfed.decisions.methods.flora import FLoRAMethod
 from simfed.decisions.methods.hetlora import HetLoRA
 from simfed.decisions.methods.oracle import OracleMethod
 from simfed.decisions.methods.prune_then_tune import PruneThenTune
@@ -50,6 +52,7 @@ _CLASSES: list[type[Method]] = [
     OracleMethod,
     FedSpineFixedRank,
     FedSpineFixedRatio,
+    FLoRAMethod,
 ]
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in _CLASSES}

@@ -165,6 +165,12 @@ class Method:
         self._selected = (round, ids, positions)
         return PlanBatch(round, ids, p, r, sparsity_before, after, local_iters, tau)
 
+    def train_options(self) -> dict[str, Any]:
+        """Settings of the devices' local training that this method asks for (fields of
+        :class:`~simfed.accuracy.train.TrainConfig`, e.g. HetLoRA's rank self-pruning); none by default.
+        The accuracy layer applies them in full runs."""
+        return {}
+
     def downlink(self, aggregator: Any, plan: Plan, kept: Any) -> Any:
         """A device's downlink: the global adapter cut to its rank and kept structure (full runs)."""
         return aggregator.factors_for(plan.rank, kept)

@@ -67,7 +67,7 @@ BACKENDS = ("arrays", "learners", "mersenne")
 #: ``round``, ``device_id`` and ``arm``, plus ``ok`` (bool, required). ``outcome`` holds Outcome values or
 #: their strings; missing float columns are NaN.
 OBSERVATION_COLUMNS = ("ok", "outcome", "completion_s", "round_mean_completion_s", "sparsity_before",
-                       "sparsity_after", "s_star", "loss_before", "loss_after", "update_norm")
+                       "sparsity_after", "s_star", "loss_before", "loss_after", "update_norm", "rank_after")
 
 #: What a device argument of the array interface may be: device ids, or int positions from ``register``.
 Devices = Sequence[str] | np.ndarray
@@ -272,7 +272,7 @@ class Policy(abc.ABC):
                 round=round, device_id=dev, arm=arm, outcome=outcome, completion_s=col("completion_s"),
                 round_mean_completion_s=col("round_mean_completion_s"), sparsity_before=col("sparsity_before"),
                 sparsity_after=col("sparsity_after"), s_star=col("s_star"), loss_before=col("loss_before"),
-                loss_after=col("loss_after"), update_norm=col("update_norm")))
+                loss_after=col("loss_after"), update_norm=col("update_norm"), rank_after=col("rank_after")))
             if not math.isnan(values[k]):
                 reward_of[dev] = float(values[k])
         self.update(round, observations, reward_of)
