@@ -107,7 +107,7 @@ def test_a_method_turns_arms_into_plans_by_its_schedule():
 
 
 def test_a_user_method_by_import_path(tmp_path, monkeypatch):
-    (tmp_path / "my_methods.py").write_text(
+    (tmp_path / "user_methods_for_test.py").write_text(
         "from simfed.decisions.methods import Method\n"
         "class Greedy(Method):\n"
         "    name = 'greedy'\n"
@@ -115,13 +115,13 @@ def test_a_user_method_by_import_path(tmp_path, monkeypatch):
         "    forwards_policy_params = True\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    cls = get_method("my_methods:Greedy")
+    cls = get_method("user_methods_for_test:Greedy")
     assert issubclass(cls, Method) and cls.name == "greedy"
-    assert get_method(f"{tmp_path / 'my_methods.py'}:Greedy").name == "greedy"
+    assert get_method(f"{tmp_path / 'user_methods_for_test.py'}:Greedy").name == "greedy"
     from simfed.errors import OptionError
 
     with pytest.raises(OptionError, match="has no 'Nope'"):
-        get_method("my_methods:Nope")
+        get_method("user_methods_for_test:Nope")
     with pytest.raises(OptionError, match="cannot import 'no_such_module'"):
         get_method("no_such_module:X")
 
