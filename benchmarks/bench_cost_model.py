@@ -43,6 +43,7 @@ from test_cost_vs_torch import SHAPE, local_step, pruned_lora_model  # noqa: E40
 from simfed.accuracy.prune import ImportanceEMA  # noqa: E402
 from simfed.accuracy.train import TrainConfig  # noqa: E402
 from simfed.structure import structure_at  # noqa: E402
+from simfed.timing.calibrate import fit_throughput  # noqa: E402
 from simfed.timing.cost import CostModel  # noqa: E402
 
 GRID = [(s, r) for s in (0.0, 0.25, 0.5) for r in (2, 8, 32)]
@@ -50,16 +51,13 @@ GOAL = 0.20
 
 
 def fit_pure(flops: np.ndarray, t: np.ndarray) -> float:
-    """θ minimising Σ (F/θ / t - 1)^2: with a = 1/θ, a = Σ(F/t) / Σ(F/t)^2."""
-    x = flops / t
-    return float((x * x).sum() / x.sum())
+    """θ minimising Σ (F/θ / t - 1)^2 (:func:`simfed.timing.calibrate.fit_throughput` without overhead)."""
+    return fit_throughput(flops, t, overhead=False)[0]
 
 
 def fit_overhead(flops: np.ndarray, t: np.ndarray) -> tuple[float, float]:
-    """(θ, overhead_flops) minimising Σ ((F + o)/θ / t - 1)^2 (linear least squares in 1/θ and o/θ)."""
-    design = np.stack([flops / t, 1.0 / t], axis=1)
-    (a, b), *_ = np.linalg.lstsq(design, np.ones_like(t), rcond=None)
-    return float(1.0 / a), float(b / a)
+    """(θ, overhead_flops) minimising Σ ((F + o)/θ / t - 1)^2 (:func:`simfed.timing.calibrate.fit_throughput`)."""
+    return fit_throughput(flops, t)
 
 
 def main() -> None:
