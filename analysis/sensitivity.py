@@ -42,7 +42,9 @@ def grid_table(paths: list[str | Path]) -> pd.DataFrame:
         rows.append({"method": r.config.get("method"), "seed": r.summary.get("seed"),
                      **{k: args.get(k) for k in GRID},
                      "simulated_time_s": r.summary.get("simulated_time_s"),
-                     "time_to_target_s": r.summary.get("time_to_target_s")})
+                     "time_to_target_s": r.summary.get("time_to_target_s"),
+                     # the capacity the method bought with its time: the mean LoRA rank it played
+                     "mean_rank": float(r.device_rounds["r"].mean()) if len(r.device_rounds) else float("nan")})
     return pd.DataFrame(rows)
 
 
@@ -60,14 +62,18 @@ def speedups(table: pd.DataFrame, method: str = "fedspine", baseline: str = "uni
             ratios = np.array([base[s] / mine[s] for s in mine.index if s in base.index and mine[s] > 0])
             mean, half = mean_ci(ratios)
             row.update({label: mean, f"{label}_ci": half, f"{label}_n": len(ratios)})
+        for who in (baseline, method, oracle):
+            row[f"rank_{who}"] = float(g.loc[g["method"] == who, "mean_rank"].mean())
         out.append(row)
     return pd.DataFrame(out).assign(metric=metric)
 
 
 def sensitivity_map(tab: pd.DataFrame, mark: dict | None = None, method: str = "fedspine",
-                    baseline: str = "uniform") -> Figure:
-    """Heat maps of the speed-up: compute spread (x) by network persistence (y), one panel per access-point
-    setting; each cell shows the mean and its 95% CI over seeds; ``mark`` outlines one grid point (the testbed)."""
+                    baseline: str = "uniform", column: str = "speedup") -> Figure:
+    """Heat maps of the speed-up (``column``: ``speedup`` of ``method``, or ``oracle_speedup``): compute spread (x)
+    by network persistence (y), one panel per access-point setting; each cell shows the mean and its 95% CI over
+    seeds and the mean ranks played (method / baseline); ``mark`` outlines one grid point (the testbed)."""
+    tab = tab.rename(columns={column: "value", f"{column}_ci": "value_ci", f"{column}_n": "value_n"})
     tab = tab.copy()
     tab["network"] = [f"jitter {j:g}, corr {c:g}" for j, c in zip(tab["link_jitter"], tab["link_jitter_corr"])]
     tab["aps"] = [("private links" if not a else f"{int(a)} APs x {b / 1e6:g} MB/s")
@@ -78,14 +84,16 @@ def sensitivity_map(tab: pd.DataFrame, mark: dict | None = None, method: str = "
     ys = sorted(tab["network"].unique())
     fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + 2.2, 3.4), squeeze=False,
                              layout="constrained")
-    vmax = max(float(np.nanmax(np.abs(np.log(tab["speedup"].to_numpy(dtype=float))))), np.log(1.1))
+    vmax = max(float(np.nanmax(np.abs(np.log(tab["value"].to_numpy(dtype=float))))), np.log(1.1))
+    who = "oracle" if column == "oracle_speedup" else method
     for ax, panel in zip(axes[0], panels):
         g = tab[tab["aps"] == panel]
         z = np.full((len(ys), len(xs)), np.nan)
         for row in g.itertuples(index=False):
-            z[ys.index(row.network), xs.index(row.compute_spread)] = row.speedup
+            z[ys.index(row.network), xs.index(row.compute_spread)] = row.value
+            ranks = f"r {getattr(row, 'rank_' + who):.1f} / {getattr(row, 'rank_' + baseline):.1f}"
             ax.text(xs.index(row.compute_spread), ys.index(row.network),
-                    f"{row.speedup:.2f}\n±{row.speedup_ci:.2f}", ha="center", va="center", fontsize=7)
+                    f"{row.value:.2f}\n±{row.value_ci:.2f}\n{ranks}", ha="center", va="center", fontsize=6.5)
         im = ax.imshow(np.log(z), cmap="RdBu", vmin=-vmax, vmax=vmax, aspect="auto", origin="lower")
         if mark is not None and mark.get("aps") == panel:
             x, y = xs.index(mark["compute_spread"]), ys.index(mark["network"])
@@ -93,12 +101,13 @@ def sensitivity_map(tab: pd.DataFrame, mark: dict | None = None, method: str = "
         ax.set_xticks(range(len(xs)), [f"{x:g}" for x in xs])
         ax.set_yticks(range(len(ys)), ys if ax is axes[0][0] else [], fontsize=7)
         ax.set_title(panel, fontsize=9)
-    bar = fig.colorbar(im, ax=axes[0].tolist(), label=f"speed-up of {method} over {baseline}")
+    bar = fig.colorbar(im, ax=axes[0].tolist(), label=f"speed-up of {who} over {baseline}")
     ticks = np.log([1 / 1.2, 1 / 1.1, 1.0, 1.1, 1.2])
     bar.set_ticks(ticks[np.abs(ticks) <= vmax + 1e-9], labels=[f"{np.exp(t):.2f}" for t in ticks[np.abs(ticks) <= vmax + 1e-9]])
     fig.supxlabel("compute spread between board types (0: all as fast as a TX2, 1: specifications, 2: squared)", fontsize=8)
-    n = int(tab["speedup_n"].min())
-    fig.suptitle(f"{method} vs {baseline}: speed-up (mean ± 95% CI over {n} seeds; box: the FedSpine testbed)", fontsize=10)
+    n = int(tab["value_n"].min())
+    fig.suptitle(f"{who} vs {baseline}: speed-up over the same rounds (mean ± 95% CI over {n} seeds), mean ranks "
+                 f"{who} / {baseline}; box: the FedSpine testbed", fontsize=9)
     return fig
 
 
@@ -114,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     print(tab.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     mark = {"compute_spread": 1.0, "network": "jitter 0.1, corr 0.9", "aps": "4 APs x 25 MB/s"}
     save(sensitivity_map(tab, mark, args.method, args.baseline), args.out, "sensitivity_map", ("png",))
+    if "oracle_speedup" in tab and tab["oracle_speedup"].notna().any():
+        save(sensitivity_map(tab, mark, args.method, args.baseline, "oracle_speedup"), args.out,
+             "sensitivity_map_oracle", ("png",))
     out = Path(args.out) / "sensitivity.csv"
     tab.to_csv(out, index=False)
     print(f"wrote {out} and sensitivity_map.png")
