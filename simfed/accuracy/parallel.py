@@ -31,12 +31,10 @@ import torch
 _TRAINER: Any = None  # the worker process's own Trainer
 
 
-def _init_worker(base: Any, clients: Mapping[str, Any], config: Any) -> None:
+def _init_worker(trainer_cls: type, base: Any, clients: Mapping[str, Any], config: Any) -> None:
     global _TRAINER
-    from simfed.accuracy.train import Trainer
-
     torch.set_num_threads(1)
-    _TRAINER = Trainer(base, clients, replace(config, workers=1))
+    _TRAINER = trainer_cls(base, clients, replace(config, workers=1))
 
 
 def _same_kept(a: Any, b: Any) -> bool:
@@ -64,15 +62,17 @@ def _train_in_worker(plan: Any, factors: Any, snapshot: tuple) -> tuple:
 
 
 class WorkerPool:
-    """``n`` spawned worker processes, each with its own Trainer over the same base and clients."""
+    """``n`` spawned worker processes, each with its own trainer (``trainer_cls(base, clients, config)``, the
+    caller's class: this module does not import the trainer) over the same base and clients."""
 
-    def __init__(self, base: Any, clients: Mapping[str, Any], config: Any, n: int) -> None:
+    def __init__(self, trainer_cls: type, base: Any, clients: Mapping[str, Any], config: Any, n: int) -> None:
         if n < 2:
             raise ValueError(f"a worker pool needs at least 2 workers, got {n}")
         ctx = mp.get_context("spawn")
         # one single-process executor per worker: device i of a round always goes to worker i mod n
         self.executors = [
-            ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_init_worker, initargs=(base, clients, config))
+            ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_init_worker,
+                                initargs=(trainer_cls, base, clients, config))
             for _ in range(n)
         ]
 

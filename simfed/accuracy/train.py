@@ -223,7 +223,7 @@ class Trainer:
         if self._workers is None:
             from simfed.accuracy.parallel import WorkerPool
 
-            self._workers = WorkerPool(self.base, self.clients, self.config, self.config.workers)
+            self._workers = WorkerPool(type(self), self.base, self.clients, self.config, self.config.workers)
             weakref.finalize(self, self._workers.close)
         results = self._workers.train(jobs)
         reports = []
