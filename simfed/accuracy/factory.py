@@ -44,7 +44,7 @@ def load_base(cfg: Any) -> tuple[Any, Any, str]:
     Raises :class:`simfed.config.ConfigError` naming ``model.preset`` or ``model.path`` when the model
     cannot be trained or loaded here.
     """
-    from simfed.config import ConfigError
+    from simfed.errors import ConfigError
 
     seq_len = cfg.train.seq_len
     if cfg.model.path:
@@ -83,7 +83,7 @@ def load_clients(cfg: Any, device_ids: list[str], tokenizer: Any, vocab_size: in
     short for ``train.seq_len`` tokens, or the tokenizer emits ids beyond the model's vocabulary.
     """
     from simfed.accuracy.data import load_shakespeare
-    from simfed.config import ConfigError
+    from simfed.errors import ConfigError
 
     cache = Path(cfg.model.cache_dir) if cfg.model.cache_dir else None
     data = load_shakespeare(cache=cache)
@@ -122,7 +122,7 @@ def build_training(cfg: Any, method: Any, device_ids: list[str], shared: dict) -
     from simfed.accuracy.aggregators import make_aggregator
     from simfed.accuracy.device import DeviceUnavailable, resolve_device, resolve_precision
     from simfed.accuracy.train import TrainConfig, Trainer
-    from simfed.config import ConfigError
+    from simfed.errors import ConfigError
     from simfed.experiments.learner import RankScale
 
     # before loading anything: a missing GPU is the cheapest error to report
