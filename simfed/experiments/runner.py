@@ -150,6 +150,20 @@ class TracePredictor:
         return predict_completion_s(PackedPopulation.of(self.population), self.positions[device_id], self.now_s,
                                     self.cost.plan_cost(plan))
 
+    def many(self, requests: "list[tuple[str, Any, float]]") -> "np.ndarray":
+        """``self(device_id, arm, sparsity_before)`` for many requests in one vectorised pass (the same values)."""
+        from simfed.records import Plan
+        from simfed.structure import next_sparsity
+        from simfed.timing.packed import PackedPopulation
+        from simfed.timing.round import predict_completions_s
+
+        costs = [self.cost.plan_cost(Plan(round=0, device_id=d, arm=arm, sparsity_before=s,
+                                          sparsity_after=next_sparsity(s, arm.p, self.s_star),
+                                          local_iters=self.local_iters, tau=self.tau))
+                 for d, arm, s in requests]
+        positions = np.array([self.positions[d] for d, _, _ in requests], dtype=np.int64)
+        return predict_completions_s(PackedPopulation.of(self.population), positions, self.now_s, costs)
+
 
 def build_cost(cfg: RunConfig) -> Any:
     """The cost model of the timed model preset (``model.timing_preset``, else the trained one): its batch and

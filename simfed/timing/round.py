@@ -310,10 +310,18 @@ def predict_completion_s(traces: PackedPopulation, position: int, start_s: float
     """How long one plan started at ``start_s`` would take the device at ``position`` on its own links
     (the round model for one device, without contention); ``inf`` if it would not finish (out of memory,
     offline first, a phase that never ends). Only the trace-reading oracle may ask this."""
-    tl = Timelines.empty(np.array([position]), start_s, [cost.flops], [cost.down_bytes], [cost.up_bytes],
-                         [cost.memory_bytes])
+    return float(predict_completions_s(traces, np.array([position]), start_s, [cost], availability)[0])
+
+
+def predict_completions_s(traces: PackedPopulation, positions: np.ndarray, start_s: float, costs: Sequence[PlanCost],
+                          availability: str = "interval") -> np.ndarray:
+    """:func:`predict_completion_s` for many (device position, plan cost) pairs at once (float64 array; a
+    position may repeat). Each row is its device alone on its own links, so the answers are those of one call
+    per row, exactly."""
+    tl = Timelines.empty(np.asarray(positions, dtype=np.int64), start_s, [c.flops for c in costs],
+                         [c.down_bytes for c in costs], [c.up_bytes for c in costs], [c.memory_bytes for c in costs])
     run_private(tl, traces, availability)
-    return float(tl.term[0] - start_s) if tl.fin[0] else INF
+    return np.where(tl.fin, tl.term - start_s, INF)
 
 
 # ------------------------------------------------------------------------------------------ the close

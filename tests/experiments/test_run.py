@@ -174,3 +174,20 @@ def test_a_sample_of_devices_is_logged(tiny_config, tmp_path):
     assert_frame_equal(server.reset_index(drop=True), half["events"][half["events"]["device_id"] == ""].reset_index(drop=True))
     mine = full["events"][full["events"]["device_id"].isin(logged)].reset_index(drop=True)
     assert_frame_equal(mine, half["events"][half["events"]["device_id"].isin(logged)].reset_index(drop=True))
+
+
+def test_the_oracles_vectorised_predictions_equal_one_call_each():
+    """TracePredictor.many (what the oracle uses) gives exactly the values of one call per (device, arm)."""
+    from simfed.decisions.arms import ArmSpace
+    from simfed.experiments.runner import TracePredictor
+    from simfed.timing.cost import CostModel
+    from simfed.timing.generators import generate
+    from simfed.timing.presets import timing_cost
+
+    pop = generate("fedspine-testbed", n_devices=6, seed=3, duration_s=3600.0)
+    cost = timing_cost("roberta-base", batch_size=8, seq_len=80)
+    predictor = TracePredictor(pop, cost, s_star=0.5, local_iters=20, tau=20)
+    predictor.now_s = 123.0
+    requests = [(d.device_id, arm, s) for d in pop.devices for arm in ArmSpace().grid()[::4] for s in (0.0, 0.3)]
+    assert predictor.many(requests).tolist() == [predictor(*q) for q in requests]
+    assert isinstance(cost, CostModel) and any(math.isfinite(t) for t in predictor.many(requests))

@@ -57,8 +57,19 @@ class Oracle(Policy):
             out.append(t if not math.isnan(t) else math.inf)
         return out
 
+    def _all_predicted_times(self, device_ids: Sequence[str]) -> dict[str, list[float]]:
+        """:meth:`predicted_times` of every device; in one call when the predictor offers ``many`` (a vectorised
+        form taking ``[(device_id, arm, sparsity_before), ...]``)."""
+        many = getattr(self.predict_completion_s, "many", None)
+        if many is None:
+            return {d: self.predicted_times(d) for d in device_ids}
+        k = len(self._arms)
+        flat = many([(d, arm, self._sparsity.get(d, 0.0)) for d in device_ids for arm in self._arms])
+        return {d: [t if not math.isnan(t) else math.inf for t in flat[i * k:(i + 1) * k].tolist()]
+                for i, d in enumerate(device_ids)}
+
     def select(self, round: int, device_ids: Sequence[str]) -> dict[str, Arm]:
-        times = {d: self.predicted_times(d) for d in device_ids}
+        times = self._all_predicted_times(device_ids)
         fastest = [min(ts) for ts in times.values() if math.isfinite(min(ts))]
         t_star = max(fastest) * (1.0 + self.slack) if fastest else math.inf
         out: dict[str, Arm] = {}
