@@ -203,6 +203,11 @@ def run_config(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, fr
     return summary
 
 
+#: The checkpoint's layout (2: built from state_dicts, with the journal of columnar rounds). A resume refuses
+#: another format with one clear error instead of failing inside.
+CHECKPOINT_FORMAT = 2
+
+
 class Session:
     """One run being executed: the layers' objects, the loop, checkpoints and the results."""
 
@@ -237,8 +242,8 @@ class Session:
         state = {"loop": loop.state.state_dict(), "method": loop.method.state_dict()}
         if loop.learner is not None:
             state["learner"] = loop.learner.state_dict()
-        checkpoint = {"config": self.text, "rounds_done": loop.state.rounds_done, "journal_bytes": length,
-                      "state": state}
+        checkpoint = {"format": CHECKPOINT_FORMAT, "config": self.text, "rounds_done": loop.state.rounds_done,
+                      "journal_bytes": length, "state": state}
         self.rd.save_checkpoint(pickle.dumps(checkpoint, protocol=fast))
         if self._bar is not None:
             self._bar.update(1)
@@ -251,7 +256,15 @@ class Session:
             if self.rd.file("journal.bin").exists():  # rows of a run killed before its first checkpoint
                 self.rd.file("journal.bin").unlink()
             return None
-        checkpoint = pickle.loads(self.rd.load_checkpoint())
+        try:
+            checkpoint = pickle.loads(self.rd.load_checkpoint())
+        except Exception as exc:  # a checkpoint pickled by another version of simfed, or damaged
+            raise RunError(f"{self.rd.path}: cannot read its checkpoint ({type(exc).__name__}: {exc}); use --fresh "
+                           "to start the run again") from None
+        if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+            found = checkpoint.get("format", "none") if isinstance(checkpoint, dict) else "none"
+            raise RunError(f"{self.rd.path}: the checkpoint has format {found}, this simfed writes and reads format "
+                           f"{CHECKPOINT_FORMAT} (another version of simfed wrote it); use --fresh to start the run again")
         if checkpoint.get("config") != self.text:
             raise RunError(f"{self.rd.path}: the checkpoint belongs to another config; use --fresh to discard it")
         state = checkpoint["state"]

@@ -191,3 +191,22 @@ def test_the_oracles_vectorised_predictions_equal_one_call_each():
     requests = [(d.device_id, arm, s) for d in pop.devices for arm in ArmSpace().grid()[::4] for s in (0.0, 0.3)]
     assert predictor.many(requests).tolist() == [predictor(*q) for q in requests]
     assert isinstance(cost, CostModel) and any(math.isfinite(t) for t in predictor.many(requests))
+
+
+def test_a_checkpoint_of_another_format_is_refused_with_one_clear_error(tiny_config, tmp_path):
+    import pickle
+
+    cfg = C.load(tiny_config)
+    out = tmp_path / "run"
+    run_config(cfg, out, progress=False)
+    rd = RunDir(out)
+    rd.file("summary.json").unlink()  # an unfinished run ...
+    text = (out / "config.toml").read_text()
+    rd.save_checkpoint(pickle.dumps({"config": text, "rounds_done": 1, "journal_bytes": 0, "plain": b""}))
+    with pytest.raises(RunError, match="checkpoint has format none, this simfed writes and reads format 2.*--fresh"):
+        run_config(cfg, out, progress=False)
+    rd.save_checkpoint(b"not a pickle")
+    with pytest.raises(RunError, match="cannot read its checkpoint.*--fresh"):
+        run_config(cfg, out, progress=False)
+    run_config(cfg, out, progress=False, fresh=True)  # --fresh starts again
+    assert rd.is_complete()
