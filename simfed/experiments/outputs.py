@@ -19,6 +19,7 @@ new one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -57,6 +58,12 @@ def _current_umask() -> int:
 FILE_MODE = 0o666 & ~_current_umask()
 
 
+def _remove(path: str | Path) -> None:
+    """Delete a temporary file if it is there."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
     path = Path(path)
@@ -70,10 +77,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _remove(tmp)
         raise
 
 
@@ -147,10 +151,7 @@ class _AtomicParquet:
         if exc_type is None:
             os.replace(self.tmp, self.path)
         else:
-            try:
-                os.unlink(self.tmp)
-            except FileNotFoundError:
-                pass
+            _remove(self.tmp)
 
 
 def atomic_write_table(path: str | Path, df: "pd.DataFrame | pa.Table") -> None:
@@ -167,10 +168,7 @@ def atomic_write_table(path: str | Path, df: "pd.DataFrame | pa.Table") -> None:
             df.to_parquet(tmp, index=False, engine="pyarrow")
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _remove(tmp)
         raise
 
 

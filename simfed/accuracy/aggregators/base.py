@@ -90,6 +90,20 @@ def restrict(matrix: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor
 Dims = tuple[int, int]
 
 
+def data_coverage(shape: ModelShape, updates: Sequence[DeviceUpdate], key: Key) -> tuple[bool, torch.Tensor]:
+    """For one adapted linear: whether pruning removes its input columns (else its output rows), and per such
+    coordinate the data size (float64, ``n_samples`` summed) of the updates whose structure keeps it — the
+    per-coordinate denominators of a structure-aware average."""
+    d_out, d_in = module_dims(shape, key[1])
+    col_pruned = restriction(shape, updates[0].kept, key)[0] is None
+    coverage = torch.zeros(d_in if col_pruned else d_out, dtype=torch.float64)
+    for update in updates:
+        rows, cols = restriction(shape, update.kept, key)
+        idx = cols if col_pruned else rows
+        coverage.index_add_(0, idx, torch.full((len(idx),), float(update.n_samples), dtype=torch.float64))
+    return col_pruned, coverage
+
+
 def qr_flops(m: int, r: int) -> float:
     """Householder QR of an ``m x r`` matrix (m >= r) with the thin Q formed: 4 m r^2 - 4 r^3 / 3
     (Golub & Van Loan, Matrix Computations, 3rd ed., §5.2.1-5.2.2: 2mr^2 - 2r^3/3 for R, as much again for Q)."""

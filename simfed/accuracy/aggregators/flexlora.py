@@ -30,7 +30,17 @@ from __future__ import annotations
 import torch
 
 from simfed.accuracy.adapters import DeviceUpdate, Kept, LoRAFactors, module_dims
-from simfed.accuracy.aggregators.base import DTYPE, Aggregator, Key, as_float, qr_flops, restrict, restriction, svd_flops
+from simfed.accuracy.aggregators.base import (
+    DTYPE,
+    Aggregator,
+    Key,
+    as_float,
+    data_coverage,
+    qr_flops,
+    restrict,
+    restriction,
+    svd_flops,
+)
 
 
 class FlexLoRA(Aggregator):
@@ -94,13 +104,8 @@ class FlexLoRA(Aggregator):
     def _aggregate(self, updates: list[DeviceUpdate]) -> None:
         for key in self.keys():
             d_out, d_in = module_dims(self.shape, key[1])
-            col_pruned = restriction(self.shape, updates[0].kept, key)[0] is None
             # per-coordinate denominators: the data size of the devices that keep each row (column)
-            coverage = torch.zeros(d_in if col_pruned else d_out, dtype=torch.float64)
-            for update in updates:
-                rows, cols = restriction(self.shape, update.kept, key)
-                idx = cols if col_pruned else rows
-                coverage.index_add_(0, idx, torch.full((len(idx),), float(update.n_samples), dtype=torch.float64))
+            col_pruned, coverage = data_coverage(self.shape, updates, key)
             lefts, rights = [], []
             for update in updates:
                 rows, cols = restriction(self.shape, update.kept, key)

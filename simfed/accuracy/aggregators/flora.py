@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from simfed.accuracy.adapters import DeviceUpdate, Kept, LoRAFactors, module_dims
-from simfed.accuracy.aggregators.base import DTYPE, Aggregator, Key, as_float, restrict, restriction
+from simfed.accuracy.aggregators.base import DTYPE, Aggregator, Key, as_float, data_coverage, restrict, restriction
 from simfed.structure import ModelShape
 
 
@@ -117,12 +117,7 @@ class FLoRA(Aggregator):
     def _stack_linear(self, updates: list[DeviceUpdate], key: Key) -> tuple[torch.Tensor, torch.Tensor]:
         d_out, d_in = module_dims(self.shape, key[1])
         total = float(sum(u.n_samples for u in updates))
-        col_pruned = restriction(self.shape, updates[0].kept, key)[0] is None
-        coverage = torch.zeros(d_in if col_pruned else d_out, dtype=torch.float64)
-        for update in updates:
-            rows, cols = restriction(self.shape, update.kept, key)
-            idx = cols if col_pruned else rows
-            coverage.index_add_(0, idx, torch.full((len(idx),), float(update.n_samples), dtype=torch.float64))
+        col_pruned, coverage = data_coverage(self.shape, updates, key)
         correction = torch.where(coverage > 0, total / coverage.clamp(min=1e-300), torch.zeros_like(coverage))
         lefts, rights = [], []
         for update in updates:

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Hashable
 import numpy as np
 
 from simfed.decisions.arms import ArmSpace
+from simfed.decisions.policies.counter_rng import CounterStream
 from simfed.options import OptionTable, check_arguments, signature_table
 from simfed.records import Arm, Observation, Outcome
 
@@ -89,6 +90,22 @@ def argmax_random_ties(values: Sequence[float], rng: Any, tol: float = 0.0) -> i
     best = max(values)
     candidates = [i for i, v in enumerate(values) if v >= best - tol]
     return rng.choice(candidates) if len(candidates) > 1 else candidates[0]
+
+
+class IndexLearner:
+    """A single-device learner that plays the arm of largest index (``indices()``, one per arm), ties broken by
+    its own random stream ``_rng``; a counter-based stream advances once per choice, whatever happened."""
+
+    _rng: Any
+
+    def indices(self) -> list[float]:
+        raise NotImplementedError
+
+    def choose(self) -> int:
+        arm = argmax_random_ties(self.indices(), self._rng)
+        if isinstance(self._rng, CounterStream):
+            self._rng.counter += 1
+        return arm
 
 
 def clip01(x: float) -> float:

@@ -20,7 +20,7 @@ import numpy as np
 
 from simfed.decisions.arms import ArmSpace
 from simfed.decisions.policies.arrays import DiscreteArrays, Field, argmax_ties, sequential_row_sum
-from simfed.decisions.policies.base import BACKENDS, DiscretePolicy, argmax_random_ties
+from simfed.decisions.policies.base import BACKENDS, DiscretePolicy, IndexLearner
 from simfed.decisions.policies.counter_rng import CounterStream, learner_rng
 from simfed.options import Annotated, Choices, Range
 from simfed.records import Arm
@@ -30,7 +30,7 @@ def _np_log(x: float) -> float:
     return float(np.log(np.array([x]))[0])
 
 
-class DiscountedUCBLearner:
+class DiscountedUCBLearner(IndexLearner):
     def __init__(self, n_arms: int, seed: int, discount: float = 0.95, xi: float = 0.6, scale: float = 1.0,
                  rng: str = "mersenne") -> None:
         self.discount = discount
@@ -52,13 +52,6 @@ class DiscountedUCBLearner:
             else:
                 out.append(s / n + 2.0 * self.scale * math.sqrt(self.xi * log_n / n))
         return out
-
-    def choose(self) -> int:
-        idx = self.indices()
-        arm = argmax_random_ties(idx, self._rng)
-        if isinstance(self._rng, CounterStream):
-            self._rng.counter += 1
-        return arm
 
     def learn(self, arm: int, reward: float) -> None:
         g = self.discount

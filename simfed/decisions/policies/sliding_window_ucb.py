@@ -17,13 +17,13 @@ import numpy as np
 
 from simfed.decisions.arms import ArmSpace
 from simfed.decisions.policies.arrays import DiscreteArrays, Field, argmax_ties, log_int
-from simfed.decisions.policies.base import BACKENDS, DiscretePolicy, argmax_random_ties
-from simfed.decisions.policies.counter_rng import CounterStream, learner_rng
+from simfed.decisions.policies.base import BACKENDS, DiscretePolicy, IndexLearner
+from simfed.decisions.policies.counter_rng import learner_rng
 from simfed.options import Annotated, Choices, Range
 from simfed.records import Arm
 
 
-class SlidingWindowUCBLearner:
+class SlidingWindowUCBLearner(IndexLearner):
     def __init__(self, n_arms: int, seed: int, window: int = 50, xi: float = 0.6, scale: float = 1.0,
                  rng: str = "mersenne") -> None:
         self.window = window
@@ -44,13 +44,6 @@ class SlidingWindowUCBLearner:
             else:
                 out.append(s / c + self.scale * math.sqrt(self.xi * log_n / c))
         return out
-
-    def choose(self) -> int:
-        idx = self.indices()
-        arm = argmax_random_ties(idx, self._rng)
-        if isinstance(self._rng, CounterStream):
-            self._rng.counter += 1
-        return arm
 
     def learn(self, arm: int, reward: float) -> None:
         self._t += 1

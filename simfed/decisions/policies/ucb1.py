@@ -19,12 +19,12 @@ import numpy as np
 
 from simfed.decisions.arms import ArmSpace
 from simfed.decisions.policies.arrays import DiscreteArrays, Field, argmax_ties, log_int
-from simfed.decisions.policies.base import BACKENDS, DiscretePolicy, argmax_random_ties
-from simfed.decisions.policies.counter_rng import CounterStream, learner_rng
+from simfed.decisions.policies.base import BACKENDS, DiscretePolicy, IndexLearner
+from simfed.decisions.policies.counter_rng import learner_rng
 from simfed.options import Annotated, Choices, Range
 from simfed.records import Arm
 
-class UCB1Learner:
+class UCB1Learner(IndexLearner):
     """UCB1 for one device over ``n_arms`` arms (indices)."""
 
     def __init__(self, n_arms: int, seed: int, exploration: float = 1.0, rng: str = "mersenne") -> None:
@@ -43,13 +43,6 @@ class UCB1Learner:
             else:
                 out.append(m + self.exploration * math.sqrt(2.0 * math.log(self._n) / c))
         return out
-
-    def choose(self) -> int:
-        idx = self.indices()
-        arm = argmax_random_ties(idx, self._rng)
-        if isinstance(self._rng, CounterStream):
-            self._rng.counter += 1
-        return arm
 
     def learn(self, arm: int, reward: float) -> None:
         self._n += 1

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import ndtr
 
+from simfed.timing.traces import Availability
+
 # the 21 probability levels (0, 5, ..., 100 %) at which the embedded quantile tables are given
 LEVELS_5PCT = np.linspace(0.0, 1.0, 21)
 
@@ -107,3 +109,13 @@ def alternating_sessions(
     if not starts:
         starts, ends = [0.0], [min(mean_online_s, period_s)]
     return starts, ends
+
+
+def lab_availability(rng: np.random.Generator, period_s: float, online_share: float, mean_online_s: float,
+                     where: str) -> Availability:
+    """A lab board's availability: always online when ``online_share`` is 1, else :func:`alternating_sessions`
+    (``where`` names the device in an error)."""
+    if online_share >= 1.0:
+        return Availability.always()
+    starts, ends = alternating_sessions(rng, period_s, online_share, mean_online_s)
+    return Availability.make(starts, ends, period_s, where=where)

@@ -45,8 +45,8 @@ import numpy as np
 
 from simfed.options import Annotated, Choices, OptionError, Range, check_arguments, signature_table
 from simfed.timing.generators._network import on_access_points
-from simfed.timing.generators._sampling import alternating_sessions, compress_steps, split_counts
-from simfed.timing.traces import Availability, DeviceTrace, Population, Series
+from simfed.timing.generators._sampling import compress_steps, lab_availability, split_counts
+from simfed.timing.traces import DeviceTrace, Population, Series
 
 NAME = "fedspine-testbed"
 GIB = 1024**3
@@ -338,11 +338,7 @@ def generate(
             t_c, v_c = compress_steps(times, levels[mode])
             t_d, v_d = compress_steps(times, down[i])
             t_u, v_u = compress_steps(times, up[i])
-            if online_share < 1.0:
-                starts, ends = alternating_sessions(rng, duration_s, online_share, mean_online_s)
-                availability = Availability.make(starts, ends, duration_s, where=f"{NAME} device {i}")
-            else:
-                availability = Availability.always()
+            availability = lab_availability(rng, duration_s, online_share, mean_online_s, f"{NAME} device {i}")
             devices.append(
                 DeviceTrace(
                     device_id=f"{dtype}-{i:03d}",

@@ -29,9 +29,9 @@ from simfed.options import Annotated, Choices, OptionError, Range, check_argumen
 from simfed.timing.generators._network import on_access_points
 from simfed.timing.generators._sampling import (
     LEVELS_5PCT,
-    alternating_sessions,
     copula_uniforms,
     from_quantiles,
+    lab_availability,
     positive_normal,
     split_counts,
 )
@@ -45,7 +45,7 @@ from simfed.timing.generators.fedspine_testbed import (
     MIX,
     peak_flops,
 )
-from simfed.timing.traces import Availability, DeviceTrace, Population, Series
+from simfed.timing.traces import DeviceTrace, Population, Series
 
 NAME = "fedspine-testbed-wifi"
 
@@ -111,11 +111,7 @@ def generate(
             flops = np.array([peak_flops(dtype, c, precision) for c in clocks])[mode] * efficiency
             keep = np.ones(n_slots, dtype=bool)
             keep[1:] = flops[1:] != flops[:-1]
-            if online_share < 1.0:
-                starts, ends = alternating_sessions(rng, duration_s, online_share, mean_online_s)
-                availability = Availability.make(starts, ends, duration_s, where=f"{NAME} device {i}")
-            else:
-                availability = Availability.always()
+            availability = lab_availability(rng, duration_s, online_share, mean_online_s, f"{NAME} device {i}")
             devices.append(
                 DeviceTrace(
                     device_id=f"{dtype}-{i:03d}",
