@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import subprocess
@@ -36,7 +35,7 @@ import numpy as np  # noqa: E402
 
 from simfed.decisions.arms import ArmSpace  # noqa: E402
 from simfed.decisions.policies import make_policy  # noqa: E402
-from simfed.records import Arm, Observation, Outcome  # noqa: E402
+from simfed.records import Observation, Outcome  # noqa: E402
 
 SPACE = ArmSpace()
 

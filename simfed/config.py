@@ -27,7 +27,7 @@ import tomli_w
 
 import simfed.timing.cost as _cost  # the memory overheads' defaults (light: shapes and arithmetic only)
 
-from simfed.errors import ConfigError, OptionError, SimfedError
+from simfed.errors import ConfigError, OptionError
 
 
 

@@ -21,9 +21,8 @@ import math
 import os
 import platform
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +32,9 @@ from simfed.errors import SimfedError
 from simfed.experiments.loop import LoopState, ServerLoop
 from simfed.experiments.outputs import RunDir, json_safe
 from simfed.timing.traces import Population
+
+if TYPE_CHECKING:
+    from simfed.decisions.methods import Method
 
 
 class RunError(SimfedError, ValueError):
@@ -416,7 +418,7 @@ def build_engine_config(cfg: RunConfig) -> Any:
     )
 
 
-def build_server_costs(cfg: RunConfig, cost: Any, method: "ResolvedMethod") -> Any:
+def build_server_costs(cfg: RunConfig, cost: Any, method: "Method") -> Any:
     """What the server's own phases cost (docs/timing.md §3.1), each part as the ``server`` table says."""
     from simfed.accuracy.aggregators import aggregator_class
     from simfed.experiments.loop import ServerCosts

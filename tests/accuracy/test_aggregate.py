@@ -8,48 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from simfed.accuracy.adapters import MODULES, DeviceUpdate, Kept, LoRAFactors, module_dims
+from simfed.accuracy.adapters import DeviceUpdate, LoRAFactors, module_dims
 from simfed.accuracy.aggregators import (
     AGGREGATORS,
     layer_energy_in_top,
     make_aggregator,
-    rslora_rule,
     scale_rule,
     singular_value_energy,
 )
 from simfed.accuracy.aggregators.base import restriction
 from simfed.accuracy.aggregators.hetlora import linear_update_norm as update_norm
-from simfed.structure import ModelShape
+from aggregation_fixtures import FULL, HALF, RULE, SHAPE, pruned, random_update  # tests/accuracy is on sys.path
 
-SHAPE = ModelShape(n_layers=2, d_model=8, n_heads=4, n_kv_heads=2, head_dim=2, d_ff=6, vocab_size=11)
 R_MAX = 4
-RULE = rslora_rule(2.0)
 ATOL = 1e-5
-
-
-def pruned(groups: list[int], channels: list[int]) -> Kept:
-    return Kept(
-        groups=[np.array(groups) for _ in range(SHAPE.n_layers)],
-        channels=[np.array(channels) for _ in range(SHAPE.n_layers)],
-    )
-
-
-FULL = Kept.full(SHAPE)
-HALF = pruned([1], [0, 2, 5])
-
-
-def random_update(rank: int, kept: Kept, n_samples: int, seed: int, scale: float | None = None) -> DeviceUpdate:
-    gen = torch.Generator().manual_seed(seed)
-    f = LoRAFactors(rank=rank, scale=RULE(rank) if scale is None else scale)
-    for layer in range(SHAPE.n_layers):
-        for m in MODULES:
-            rows, cols = restriction(SHAPE, kept, (layer, m))
-            d_out, d_in = module_dims(SHAPE, m)
-            n_out = d_out if rows is None else len(rows)
-            n_in = d_in if cols is None else len(cols)
-            f.A[(layer, m)] = torch.randn(rank, n_in, generator=gen)
-            f.B[(layer, m)] = torch.randn(n_out, rank, generator=gen)
-    return DeviceUpdate(factors=f, kept=kept, n_samples=n_samples)
 
 
 def scattered(update: DeviceUpdate, key) -> tuple[torch.Tensor, torch.Tensor]:

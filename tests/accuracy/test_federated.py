@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 
 from simfed.accuracy.evaluate import EvalResult, weighted_mean
 from simfed.accuracy.train import Trainer, TrainConfig

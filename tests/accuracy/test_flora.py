@@ -9,39 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from simfed.accuracy.adapters import MODULES, DeviceUpdate, Kept, LoRAFactors, module_dims
-from simfed.accuracy.aggregators import AGGREGATORS, FLoRA, make_aggregator, rslora_rule
+from simfed.accuracy.adapters import DeviceUpdate, LoRAFactors, module_dims
+from simfed.accuracy.aggregators import AGGREGATORS, FLoRA, make_aggregator
 from simfed.accuracy.aggregators.base import restrict, restriction
 from simfed.accuracy.data import ClientData, encode
 from simfed.accuracy.lora import adapted_linears
 from simfed.accuracy.model import Model, ModelConfig
 from simfed.accuracy.train import TrainConfig, Trainer
 from simfed.records import Arm, Plan
-from simfed.structure import ModelShape
+from aggregation_fixtures import FULL, HALF, RULE, SHAPE, pruned, random_update  # tests/accuracy is on sys.path
 
-SHAPE = ModelShape(n_layers=2, d_model=8, n_heads=4, n_kv_heads=2, head_dim=2, d_ff=6, vocab_size=11)
 R_MAX = 4
-RULE = rslora_rule(2.0)
-FULL = Kept.full(SHAPE)
-
-
-def pruned(groups: list[int], channels: list[int]) -> Kept:
-    return Kept([np.array(groups) for _ in range(SHAPE.n_layers)], [np.array(channels) for _ in range(SHAPE.n_layers)])
-
-
-HALF = pruned([1], [0, 2, 5])
-
-
-def random_update(rank: int, kept: Kept, n_samples: int, seed: int, scale: float | None = None) -> DeviceUpdate:
-    gen = torch.Generator().manual_seed(seed)
-    f = LoRAFactors(rank=rank, scale=RULE(rank) if scale is None else scale)
-    for layer in range(SHAPE.n_layers):
-        for m in MODULES:
-            rows, cols = restriction(SHAPE, kept, (layer, m))
-            d_out, d_in = module_dims(SHAPE, m)
-            f.A[(layer, m)] = torch.randn(rank, d_in if cols is None else len(cols), generator=gen)
-            f.B[(layer, m)] = torch.randn(d_out if rows is None else len(rows), rank, generator=gen)
-    return DeviceUpdate(factors=f, kept=kept, n_samples=n_samples)
 
 
 def scattered(update: DeviceUpdate, key) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,22 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from simfed.accuracy.adapters import MODULES, DeviceUpdate, Kept, LoRAFactors, module_dims
+from simfed.accuracy.adapters import DeviceUpdate, Kept, LoRAFactors
 from simfed.accuracy.aggregators import AGGREGATORS, make_aggregator, rslora_rule
-from simfed.accuracy.aggregators.base import restriction
 from simfed.accuracy.aggregators.factor_average import FactorAverage
 from simfed.accuracy.data import ClientData, encode
 from simfed.accuracy.lora import adapted_linears
 from simfed.accuracy.model import Model, ModelConfig
 from simfed.accuracy.train import TrainConfig, Trainer
 from simfed.records import Arm, Plan
+from aggregation_fixtures import FULL, HALF, RULE, SHAPE, random_update  # tests/accuracy is on sys.path
 from simfed.structure import ModelShape
-
-SHAPE = ModelShape(n_layers=2, d_model=8, n_heads=4, n_kv_heads=2, head_dim=2, d_ff=6, vocab_size=11)
-RULE = rslora_rule(2.0)
-FULL = Kept.full(SHAPE)
-HALF = Kept([np.array([1])] * 2, [np.array([0, 2, 5])] * 2)
-
 
 def pickled_modules(obj) -> set[str]:
     """Every module a pickle of ``obj`` names a class or function from."""
@@ -43,15 +37,7 @@ def pickled_modules(obj) -> set[str]:
 
 
 def update(rank: int, kept: Kept, n: int, seed: int) -> DeviceUpdate:
-    gen = torch.Generator().manual_seed(seed)
-    f = LoRAFactors(rank=rank, scale=RULE(rank))
-    for layer in range(SHAPE.n_layers):
-        for m in MODULES:
-            rows, cols = restriction(SHAPE, kept, (layer, m))
-            d_out, d_in = module_dims(SHAPE, m)
-            f.A[(layer, m)] = torch.randn(rank, d_in if cols is None else len(cols), generator=gen)
-            f.B[(layer, m)] = torch.randn(d_out if rows is None else len(rows), rank, generator=gen)
-    return DeviceUpdate(f, kept, n)
+    return random_update(rank, kept, n, seed)
 
 
 @pytest.mark.parametrize("name", sorted(AGGREGATORS))

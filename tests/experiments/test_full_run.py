@@ -11,7 +11,6 @@ import math
 import pickle
 
 import numpy as np
-import pandas as pd
 import pytest
 from pandas.testing import assert_frame_equal
 

@@ -25,7 +25,7 @@ from _helpers import ROUND_CONFIG_IDS, TableCost, device, fixed_loop, random_pop
 from simfed.records import Arm, DeviceTiming, Event, Outcome, Plan  # noqa: E402
 from simfed.timing.cost import PlanCost  # noqa: E402
 from simfed.timing.engine import Engine, EngineConfig, EngineError, waiting_s  # noqa: E402
-from simfed.timing.traces import Availability, Population, Series  # noqa: E402
+from simfed.timing.traces import Availability, Population  # noqa: E402
 
 COST = TableCost(PlanCost(flops=1000.0, down_bytes=20.0, up_bytes=10.0, memory_bytes=100.0))
 NAN = float("nan")
