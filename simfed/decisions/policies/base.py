@@ -234,6 +234,17 @@ class Policy(abc.ABC):
             dev = self._ids[int(np.flatnonzero(counts > 1)[0])]
             raise ValueError(f"{type(self).__name__}.{verb}: device {dev!r} appears twice in round {round}")
 
+    def _update_inputs(self, round: int, devices: Devices, columns: Mapping[str, Any],
+                       rewards: Any) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+        """``update_array``'s arguments checked: the devices' positions, the observation columns, the rewards."""
+        owner = type(self).__name__
+        pos = self._positions(devices, round, register=False)
+        cols = observation_columns(columns, len(pos), owner)
+        values = np.asarray(rewards, dtype=np.float64)
+        if values.shape != pos.shape:
+            raise ValueError(f"{owner}.update_array: rewards have shape {values.shape}, expected {pos.shape} like the devices")
+        return pos, cols, values
+
     def select_array(self, round: int, devices: Devices) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`select` for arrays: ``(p, r)`` as float64 and int64 arrays in the order of ``devices``
         (device ids, or int positions from :meth:`register`; new ids are registered).
@@ -265,11 +276,7 @@ class Policy(abc.ABC):
                 ``devices``; a device with no arm from ``select_array`` in that round.
         """
         owner = type(self).__name__
-        pos = self._positions(devices, round, register=False)
-        cols = observation_columns(columns, len(pos), owner)
-        values = np.asarray(rewards, dtype=np.float64)
-        if values.shape != pos.shape:
-            raise ValueError(f"{owner}.update_array: rewards have shape {values.shape}, expected {pos.shape} like the devices")
+        pos, cols, values = self._update_inputs(round, devices, columns, rewards)
         ids = self.device_ids_at(pos)
         sel_round, arms = getattr(self, "_array_arms", (None, {}))
         observations, reward_of = [], {}
@@ -487,12 +494,7 @@ class PerDevicePolicy(Policy):
         if self.backend != "arrays":
             super().update_array(round, devices, columns, rewards)
             return
-        owner = type(self).__name__
-        pos = self._positions(devices, round, register=False)
-        cols = observation_columns(columns, len(pos), owner)
-        values = np.asarray(rewards, dtype=np.float64)
-        if values.shape != pos.shape:
-            raise ValueError(f"{owner}.update_array: rewards have shape {values.shape}, expected {pos.shape} like the devices")
+        pos, cols, values = self._update_inputs(round, devices, columns, rewards)
         self._state_arrays().update(round, pos, cols["ok"], values, self._ids)
 
     # --- state ------------------------------------------------------------------------------------
