@@ -1,4 +1,4 @@
-"""Vectorised replay of many devices' traces at once (the timing engine's numpy fast path).
+"""Vectorised replay of many devices' traces at once (the round model's vectorised path, simfed.timing.round.run_private).
 
 :class:`simfed.timing.traces.Series` answers "when does this transfer / this computation end?"
 exactly for one device with cumulative sums and a binary search. A timing-only run of 10^4–10^5
