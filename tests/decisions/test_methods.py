@@ -77,6 +77,23 @@ def test_oracle_needs_traces_and_is_labelled():
     assert all(t <= t_star + 1e-9 for t in times.values())
 
 
+
+def test_the_oracle_prunes_at_the_largest_increment_even_when_pruning_costs_time_this_round():
+    """A pruning step costs a little in the round that takes it; a myopic equaliser kept the slowest device
+    unpruned for ever (it never reached s* and set every round's T*). Every device must take p_max."""
+    speeds = {f"d{i}": 1e9 * (i + 1) for i in range(4)}
+
+    def predict(dev: str, arm, s: float) -> float:  # p > 0 adds 0.1 % (the importance scores)
+        return (1e10 * (1.0 - s) + 1e8 * arm.r) * (1.001 if arm.p > 0 else 1.0) / speeds[dev]
+
+    pol = build_policy("oracle", SPACE, list(speeds), {}, 0, {"predict_completion_s": predict})
+    arms = pol.select(0, list(speeds))
+    p_max = max(a.p for a in SPACE.grid())
+    assert all(a.p == p_max for a in arms.values())
+    assert arms["d0"].r == min(SPACE.grid_ranks()) and arms["d3"].r > arms["d0"].r
+    t_star = max(min(predict(d, a, 0.0) for a in SPACE.grid() if a.p == p_max) for d in speeds)
+    assert all(predict(d, a, 0.0) <= t_star for d, a in arms.items())
+
 def test_every_method_builds():
     params = {"s_star": 0.5, **Oracle._test_params()[0]}
     ids = ["d0", "d1", "d2", "d3"]

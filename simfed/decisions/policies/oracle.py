@@ -2,13 +2,19 @@
 them and the cost model), which no real server can. It bounds what an online policy could achieve
 and is labelled as such in every run (``reads_traces = True``).
 
-Rule (simfed's; the paper's oracle, if any, is unknown): each round, for every participant i and
-every grid arm a it predicts T_i(a) from the device's current sparsity. The round cannot end before
-T* = max_i min_a T_i(a), the slowest device at its fastest arm. Each device then plays, among the arms
-with T_i(a) ≤ T*·(1 + slack), the best-quality one: the largest rank, then the largest pruning
-increment (more progress toward s*). Completion times are thus equalised near T* at the highest
-capacity the round time allows. A device whose every arm is predicted infeasible (infinite time,
-e.g. out of memory) plays its fastest arm.
+Rule (simfed's; the paper's oracle, if any, is unknown): every device prunes at the largest increment
+of the grid (p_max: the fastest way to the target sparsity s*, and a pruned model is never slower in a
+later round), and the round time buys rank. Each round, for every participant i and every grid arm a of
+increment p_max it predicts T_i(a) from the device's current sparsity. The round cannot end before
+T* = max_i min_a T_i(a), the slowest device at its fastest such arm. Each device then plays, among those
+arms with T_i(a) ≤ T*·(1 + slack), the largest rank. Completion times are thus equalised near T* at the
+highest capacity the round time allows. A device whose every arm is predicted infeasible (infinite time,
+e.g. out of memory) plays its fastest arm of any increment.
+
+Why p is not left to the time rule: a pruning step costs a little time in the round that takes it (the
+importance scores), so a purely myopic equaliser left the slowest device unpruned round after round: it
+stayed the bottleneck, never reached s*, and set every round's T* (found in the sensitivity study,
+docs/RESULTS.md).
 
 The predictor ``predict_completion_s(device_id, arm, sparsity_before) -> seconds`` is built by the
 server loop from the cost model and the traces (it binds the round's start time); the oracle tracks
@@ -70,14 +76,17 @@ class Oracle(Policy):
 
     def select(self, round: int, device_ids: Sequence[str]) -> dict[str, Arm]:
         times = self._all_predicted_times(device_ids)
-        fastest = [min(ts) for ts in times.values() if math.isfinite(min(ts))]
+        p_max = max(a.p for a in self._arms)
+        full = [k for k, a in enumerate(self._arms) if a.p == p_max]  # the arms at the largest increment
+        fastest = [min(ts[k] for k in full) for ts in times.values()]
+        fastest = [t for t in fastest if math.isfinite(t)]
         t_star = max(fastest) * (1.0 + self.slack) if fastest else math.inf
         out: dict[str, Arm] = {}
         for d in device_ids:
             ts = times[d]
-            feasible = [a for a, t in zip(self._arms, ts) if t <= t_star and math.isfinite(t)]
+            feasible = [self._arms[k] for k in full if ts[k] <= t_star and math.isfinite(ts[k])]
             if feasible:
-                out[d] = max(feasible, key=lambda a: (a.r, a.p))
+                out[d] = max(feasible, key=lambda a: a.r)
             else:
                 out[d] = self._arms[min(range(len(ts)), key=lambda i: (ts[i], -self._arms[i].p, self._arms[i].r))]
             self._selected[d] = round
