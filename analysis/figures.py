@@ -132,10 +132,14 @@ def speedup_bars(summaries: pd.DataFrame, method: str = "fedspine") -> Figure | 
 
 def accuracy_vs_sparsity(summaries: pd.DataFrame) -> Figure | None:
     """Final accuracy (every device pruned to s*) against the target sparsity s* (nominal), a point per s* and
-    method: a 95% CI over seeds on the points that have at least two; where the points' seed counts differ,
-    each point is labelled with its count (n) and the title says which points carry an interval."""
+    method (a method's variants that differ only in s*, ``fedspine-s_star=0.2``, are one series): a 95% CI over
+    seeds on the points that have at least two; where the points' seed counts differ, each point is labelled
+    with its count (n) and the title says which points carry an interval."""
     if not len(summaries) or summaries["final_accuracy"].isna().all():
         return None
+    # runs of one method at several s* are labelled as variants ("fedspine-s_star=0.2", analysis.load); here they
+    # are one series, a point per s*
+    summaries = summaries.assign(method=summaries["method"].str.replace(r"-s_star=[^-]+", "", regex=True))
     fig, ax = plt.subplots(figsize=(6, 4))
     colours = _colour(_methods(summaries))
     level = "s_star" if "s_star" in summaries else "final_sparsity"

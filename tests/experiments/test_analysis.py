@@ -117,11 +117,13 @@ def test_grid_variants_are_not_pooled_as_seeds(tmp_path):
 
 
 def test_accuracy_vs_sparsity_claims_an_interval_only_where_there_are_seeds():
-    rows = [{"method": "fedspine", "seed": s, "s_star": sp, "final_accuracy": 0.4 + 0.01 * s - 0.1 * sp}
-            for sp, seeds in ((0.2, [0]), (0.5, [0, 1, 2])) for s in seeds]
+    # as analysis.load labels a sweep over s* beside a run at the config's s*: one series, two points
+    rows = [{"method": "fedspine" if sp == 0.5 else f"fedspine-s_star={sp}", "seed": s, "s_star": sp,
+             "final_accuracy": 0.4 + 0.01 * s - 0.1 * sp} for sp, seeds in ((0.2, [0]), (0.5, [0, 1, 2])) for s in seeds]
     mixed = figures.accuracy_vs_sparsity(pd.DataFrame(rows))
     ax = mixed.axes[0]
     assert "n ≥ 2" in ax.get_title() and {t.get_text() for t in ax.texts} == {"n=1", "n=3"}
+    assert len(ax.containers) == 1 and len(ax.containers[0].lines[0].get_xdata()) == 2
     one = figures.accuracy_vs_sparsity(pd.DataFrame([r for r in rows if r["seed"] == 0]))
     assert one.axes[0].get_title().endswith("(one seed)") and not one.axes[0].texts
     three = figures.accuracy_vs_sparsity(pd.DataFrame([r for r in rows if r["s_star"] == 0.5]))
