@@ -92,21 +92,26 @@ def speedup_table(summaries: pd.DataFrame, method: str = "fedspine") -> tuple[pd
     over the pairs (0 with one pair), and how many pairs.
 
     Speed-up is the other method's time / ``method``'s time for the same seed and s* (> 1: ``method`` is
-    faster). The time is :func:`_time_metric`'s.
+    faster); a method that never prunes (its runs record s* = 0) is paired by seed where ``method`` ran at one
+    s*. The time is :func:`_time_metric`'s. Methods with no pair are left out.
     """
     if not len(summaries) or method not in set(summaries["method"]):
         return pd.DataFrame(), ""
     metric = _time_metric(summaries)
     key = ["seed", "s_star"] if "s_star" in summaries else ["seed"]
     mine = summaries[summaries["method"] == method].set_index(key)[metric]
+    own_s = sorted(set(summaries.loc[summaries["method"] == method, "s_star"])) if "s_star" in summaries else []
     rows = []
     for other, g in summaries.groupby("method"):
         if other == method:
             continue
+        if len(own_s) == 1 and (g["s_star"] == 0).all():  # a method that never prunes (hetlora) records s* = 0
+            g = g.assign(s_star=own_s[0])
         ratios = [t / mine[k] for k, t in zip(g.set_index(key).index, g[metric])
                   if k in mine.index and mine[k] and mine[k] > 0 and t and t > 0]
         mean, half = mean_ci(np.array(ratios))
-        rows.append({"baseline": other, "speedup": mean, "ci": half, "n": len(ratios)})
+        if ratios:  # a method with no run to pair with draws no bar
+            rows.append({"baseline": other, "speedup": mean, "ci": half, "n": len(ratios)})
     return pd.DataFrame(rows), metric
 
 

@@ -71,6 +71,11 @@ def test_speedup_is_fedspine_over_each_baseline_paired_by_seed(sweep_dir):
     assert "fedspine" not in set(tab["baseline"])
     # the oracle's rounds take 40 s against fedspine's 50 s: fedspine is 0.8x as fast
     assert tab.set_index("baseline").loc["oracle", "speedup"] == pytest.approx(0.8)
+    # a method that never prunes records s* = 0 in its summary; it is still paired with fedspine by seed
+    unpruned = runs.summaries.assign(s_star=np.where(runs.summaries["method"] == "hetlora", 0.0, 0.5))
+    tab0, _ = figures.speedup_table(unpruned, method="fedspine")
+    assert tab0.set_index("baseline").loc["hetlora", "n"] == 2
+    assert figures.speedup_bars(unpruned).axes[0].get_title() == "fedspine's speed-up (95% CI over 2 seeds)"
 
 
 def test_mean_ci_matches_t_interval():
