@@ -169,7 +169,7 @@ def accuracy_vs_sparsity(summaries: pd.DataFrame) -> Figure | None:
     elif counts.max() < 2:
         note = " (one seed)"
     else:
-        note = " (95% CI where n ≥ 2 seeds; n per point)"
+        note = "\n(95% CI where n ≥ 2 seeds; n per point)"
     ax.set_title("Final accuracy at each target sparsity" + note)
     ax.legend()
     ax.grid(alpha=0.3)
