@@ -22,7 +22,7 @@ DOCS = [REPO / "README.md", *sorted(p for p in (REPO / "docs").glob("*.md") if p
 
 # Examples that need a long run (or the output of one), with the reason; matched by their first words.
 LONG = {
-    "simfed demo": "the five-method demo with real training: about 4 minutes (docs/STATUS.md)",
+    "simfed demo": "the five-method demo with real training: about 4 minutes (docs/experiments.md section 7)",
     "simfed sweep configs/paper.toml": "the paper-scale sweep: 21 runs of real training, hours (docs/RESULTS.md)",
     "simfed sweep configs/paper-sparsity.toml": "4 runs of real training at other sparsities, about 25 minutes",
     "simfed sweep configs/sensitivity": "the sensitivity map (432 timing-only runs) and its points with real training",

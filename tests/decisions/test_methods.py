@@ -3,7 +3,7 @@ import pytest
 
 from simfed.decisions.arms import ArmSpace
 from simfed.decisions.methods import METHODS, Method, build_method, get_method
-from simfed.decisions.policies import DiscountedUCB, Fixed, Oracle, SUCB
+from simfed.decisions.policies import SUCB, DiscountedUCB, Fixed, Oracle
 from simfed.records import Arm, PlanBatch
 
 SPACE = ArmSpace()
