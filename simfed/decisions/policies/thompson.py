@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -127,6 +127,17 @@ class GaussianThompsonLearner:
         self._s[arm] += reward
 
 
+def _argmax_in_chunks(rows: np.ndarray, counters: np.ndarray, k: int,
+                      draws: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """The arm index of the largest posterior draw for every row, ``draws(rows, counters)`` -> [rows, k],
+    called on chunks of at most ``CHUNK`` draws so that memory stays bounded at any population size."""
+    out = np.empty(rows.size, dtype=np.int64)
+    step = max(1, CHUNK // k)
+    for lo in range(0, rows.size, step):
+        out[lo : lo + step] = draws(rows[lo : lo + step], counters[lo : lo + step]).argmax(axis=1)
+    return out
+
+
 class BetaThompsonArrays(DiscreteArrays):
     """:class:`BetaThompsonLearner` (counter draws) of every device: ``alpha``, ``beta`` [devices, arms], ``learns``."""
 
@@ -140,14 +151,12 @@ class BetaThompsonArrays(DiscreteArrays):
 
     def _choose_index(self, rows: np.ndarray, counters: np.ndarray) -> np.ndarray:
         k = self.n_arms
-        out = np.empty(rows.size, dtype=np.int64)
-        step = max(1, CHUNK // k)
-        for lo in range(0, rows.size, step):
-            r, c = rows[lo : lo + step], counters[lo : lo + step]
-            draws = beta_draws(self.alpha[r].ravel(), self.beta[r].ravel(), np.repeat(self.key[r], k),
-                               np.repeat(c, k), np.tile(np.arange(k), r.size), k)
-            out[lo : lo + step] = draws.reshape(r.size, k).argmax(axis=1)
-        return out
+
+        def draws(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+            return beta_draws(self.alpha[r].ravel(), self.beta[r].ravel(), np.repeat(self.key[r], k),
+                              np.repeat(c, k), np.tile(np.arange(k), r.size), k).reshape(r.size, k)
+
+        return _argmax_in_chunks(rows, counters, k, draws)
 
     def _learn_index(self, rows: np.ndarray, arms: np.ndarray, rewards: np.ndarray) -> None:
         learns = self.learns[rows]
@@ -179,17 +188,15 @@ class GaussianThompsonArrays(DiscreteArrays):
 
     def _choose_index(self, rows: np.ndarray, counters: np.ndarray) -> np.ndarray:
         k = self.n_arms
-        out = np.empty(rows.size, dtype=np.int64)
-        step = max(1, CHUNK // k)
-        for lo in range(0, rows.size, step):
-            r, c = rows[lo : lo + step], counters[lo : lo + step]
+
+        def draws(r: np.ndarray, c: np.ndarray) -> np.ndarray:
             n, s = self.count[r], self.total[r]
             z = normal_draws(np.repeat(self.key[r], k), np.repeat(c, k), np.tile(1 + 2 * np.arange(k), r.size))
             with np.errstate(divide="ignore", invalid="ignore"):
                 mean = np.where(n > 0, s / n, 0.5)
-            sd = self.sigma / np.sqrt(n + 1.0)
-            out[lo : lo + step] = (mean + z.reshape(r.size, k) * sd).argmax(axis=1)
-        return out
+            return mean + z.reshape(r.size, k) * (self.sigma / np.sqrt(n + 1.0))
+
+        return _argmax_in_chunks(rows, counters, k, draws)
 
     def _learn_index(self, rows: np.ndarray, arms: np.ndarray, rewards: np.ndarray) -> None:
         if self.discount < 1.0:
