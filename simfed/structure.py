@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 
 ARCHS: tuple[str, ...] = ("decoder", "encoder")
 #: The linears of one block that structured pruning slices and LoRA may adapt, by architecture.
@@ -184,9 +185,16 @@ class Stage:
     prune_after: bool
 
 
+def next_sparsities(sparsity_before: np.ndarray, p: np.ndarray, s_star: float) -> np.ndarray:
+    """The nominal sparsity after a round with pruning increment ``p`` (negative counts as 0), capped at the
+    target ``s_star``; a device already at or past s* stays where it is. Float arrays of one shape."""
+    return np.where(sparsity_before < s_star, np.minimum(sparsity_before + np.maximum(p, 0.0), s_star),
+                    sparsity_before)
+
+
 def next_sparsity(sparsity_before: float, p: float, s_star: float) -> float:
-    """The nominal sparsity after a round with pruning increment ``p``, capped at the target ``s_star``."""
-    return min(sparsity_before + max(0.0, p), s_star) if sparsity_before < s_star else sparsity_before
+    """:func:`next_sparsities` for one device."""
+    return float(next_sparsities(np.float64(sparsity_before), np.float64(p), s_star))
 
 
 def round_schedule(sparsity_before: float, sparsity_after: float, local_iters: int, tau: int) -> list[Stage]:

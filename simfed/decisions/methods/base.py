@@ -36,6 +36,7 @@ from simfed.decisions.reward import DEFAULT_WEIGHTS, RewardWeights, round_reward
 from simfed.errors import OptionError
 from simfed.options import REQUIRED, Option, OptionTable, Range
 from simfed.records import Arm, Observation, ObservationBatch, Plan, PlanBatch
+from simfed.structure import next_sparsities
 
 PRUNE_MODES = ("iterative", "oneshot", "none")
 
@@ -145,12 +146,10 @@ class Method:
 
         Arrays aligned over the round's devices: ``p`` (float64 increments), ``r`` (int64 ranks),
         ``sparsity_before`` (float64); returns ``(p, r, sparsity_after)``. Iterative: ``s + p`` capped at s*
-        (:func:`~simfed.structure.next_sparsity`); one-shot and none: p = 0, the sparsity unchanged.
+        (:func:`~simfed.structure.next_sparsities`); one-shot and none: p = 0, the sparsity unchanged.
         """
         if self.prune_mode == "iterative":
-            after = np.where(sparsity_before < s_star, np.minimum(sparsity_before + np.maximum(p, 0.0), s_star),
-                             sparsity_before)
-            return p, r, after
+            return p, r, next_sparsities(sparsity_before, p, s_star)
         return np.zeros_like(p), r, sparsity_before  # one-shot devices are already at s*; "none" never prunes
 
     def plans(self, round: int, device_ids: Sequence[str], sparsity_before: np.ndarray, *, s_star: float,
