@@ -108,9 +108,9 @@ def speedup_table(summaries: pd.DataFrame, method: str = "fedspine") -> tuple[pd
         if len(own_s) == 1 and (g["s_star"] == 0).all():  # a method that never prunes (hetlora) records s* = 0
             g = g.assign(s_star=own_s[0])
         ratios = [t / mine[k] for k, t in zip(g.set_index(key).index, g[metric])
-                  if k in mine.index and mine[k] and mine[k] > 0 and t and t > 0]
-        mean, half = mean_ci(np.array(ratios))
+                  if k in mine.index and mine[k] > 0 and t > 0]
         if ratios:  # a method with no run to pair with draws no bar
+            mean, half = mean_ci(np.array(ratios))
             rows.append({"baseline": other, "speedup": mean, "ci": half, "n": len(ratios)})
     return pd.DataFrame(rows), metric
 

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from analysis.figures import mean_ci, save  # noqa: E402
+from analysis.figures import _time_metric, mean_ci, save  # noqa: E402
 from analysis.load import load_runs  # noqa: E402
 
 GRID = ("compute_spread", "link_jitter", "link_jitter_corr", "access_points", "ap_downlink_bytes_s")
@@ -52,7 +52,7 @@ def speedups(table: pd.DataFrame, method: str = "fedspine", baseline: str = "uni
              oracle: str = "oracle") -> pd.DataFrame:
     """Per grid point: ``method``'s and the oracle's speed-up over ``baseline`` (mean, CI half-width, seeds)."""
     keys = [k for k in GRID if k in table and table[k].notna().any()]
-    metric = "time_to_target_s" if table["time_to_target_s"].notna().all() else "simulated_time_s"
+    metric = _time_metric(table)
     out = []
     for point, g in table.groupby(keys, dropna=False):
         base = g[g["method"] == baseline].set_index("seed")[metric]

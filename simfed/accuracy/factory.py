@@ -150,7 +150,7 @@ def build_training(cfg: Any, method: Any, device_ids: list[str], shared: dict) -
     train_cfg = TrainConfig(batch_size=cfg.train.batch_size, seq_len=cfg.train.seq_len, lr=cfg.train.lr,
                             criterion=method.importance, seed=cfg.seed, device=cfg.train.device,
                             dtype=cfg.train.dtype, lora_modules=modules, workers=cfg.train.workers,
-                            **(method.train_options() if hasattr(method, "train_options") else {}))
+                            **method.train_options())
     trainer = Trainer(base, clients, train_cfg)
     r_max = max(cfg.policy.r_max, cfg.policy.rank)
     aggregator = make_aggregator(method.aggregator, trainer.shape, r_max, RankScale(train_cfg.alpha), cfg.seed,

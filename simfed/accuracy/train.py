@@ -282,6 +282,7 @@ class Trainer:
         linears = adapted_linears(st.model)
         kept = st.kept.copy()
         originals: dict[tuple[int, str], nn.Parameter] = {}
+        delta = dict(delta.items())  # a KeptDelta cuts each device's rows and columns on access: once here
         for key, d in delta.items():  # every shape checked before any weight is replaced
             lin = linears.get(key)
             if lin is None or tuple(d.shape) != tuple(lin.weight.shape):

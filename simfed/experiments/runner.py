@@ -141,16 +141,7 @@ class TracePredictor:
         self.now_s = 0.0
 
     def __call__(self, device_id: str, arm: Any, sparsity_before: float) -> float:
-        from simfed.records import Plan
-        from simfed.structure import next_sparsity
-        from simfed.timing.packed import PackedPopulation
-        from simfed.timing.round import predict_completion_s
-
-        plan = Plan(round=0, device_id=device_id, arm=arm, sparsity_before=sparsity_before,
-                    sparsity_after=next_sparsity(sparsity_before, arm.p, self.s_star),
-                    local_iters=self.local_iters, tau=self.tau)
-        return predict_completion_s(PackedPopulation.of(self.population), self.positions[device_id], self.now_s,
-                                    self.cost.plan_cost(plan))
+        return float(self.many([(device_id, arm, sparsity_before)])[0])
 
     def many(self, requests: "list[tuple[str, Any, float]]") -> "np.ndarray":
         """``self(device_id, arm, sparsity_before)`` for many requests in one vectorised pass (the same values)."""

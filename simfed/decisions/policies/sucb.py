@@ -256,8 +256,6 @@ class SUCBArrays(DeviceArrays):
                  split_after: float, arms_at: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]) -> None:
         self.discount = discount
         self.exploration = exploration
-        self.nu = nu
-        self.rho = rho
         self.play = play
         self.max_depth = int(max_depth)
         self.axes = tuple(axes)
